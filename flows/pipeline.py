@@ -1,0 +1,154 @@
+"""The RI DAG: ingest -> boundaries (Dask) -> interpret -> evaluate -> report.
+
+Each flow can run alone on an existing store; a re-run with the same inputs does no work twice
+(stage fingerprints and per-unit completion records in the store, plus Prefect's task cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from repint.flows.spec import file_sha256
+from repint.tasks.boundaries import prepare_signs, sample_boundaries, sign_chunk
+from repint.tasks.centres import compute_centres
+from repint.tasks.common import RunSpec, logger
+from repint.tasks.evaluate import (
+    assign_unseen,
+    evaluate_chunk,
+    interpret_centre,
+    prepare_evaluation,
+    prepare_interpretations,
+    summarise_evaluation,
+)
+from repint.tasks.ingest import finish_stage, prepare_ingest
+from repint.tasks.ingest import ingest_chunk as ingest_chunk_task
+from repint.tasks.report import write_report
+from repint.tasks.solve import prepare_polytopes, solve_centre
+from repint.tasks.train import train_model
+from tqdm import tqdm
+
+__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "task_runner"]
+
+
+def track(futures: Sequence[PrefectFuture], key: str, description: str) -> list[Any]:
+    """Wait for ``futures`` while moving a Prefect progress artifact and a terminal progress bar."""
+    if not futures:
+        return []
+    total = len(futures)
+    art = create_progress_artifact(progress=0.0, key=key, description=description)
+    results, step = [], max(1, total // 20)
+    with tqdm(total=total, desc=description, file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        for i, fut in enumerate(as_completed(futures), 1):
+            results.append(fut.result())
+            bar.update(1)
+            if i % step == 0 or i == total:
+                update_progress_artifact(art, progress=100.0 * i / total)
+    return results
+
+
+def task_runner(spec: RunSpec) -> Any:
+    """A Dask runner (an existing cluster at ``dask_address``, else a local one on 127.0.0.1) or threads."""
+    rt = spec.runtime
+    if rt.get("task_runner") == "threads" and not rt.get("dask_address"):
+        return ThreadPoolTaskRunner(max_workers=rt.get("n_workers", 2))
+    from prefect_dask import DaskTaskRunner
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if rt.get("dask_address"):
+        return DaskTaskRunner(address=rt["dask_address"])
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": rt.get("n_workers", 2), "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
+
+
+@flow(name="ingest", flow_run_name="ingest-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def ingest_flow(spec: RunSpec) -> dict[str, int]:
+    """Chunks of reference and unseen images -> ψ, logits and predictions in the store."""
+    counts = {}
+    for split in ("reference", "unseen"):
+        info = prepare_ingest(spec, split)
+        futs = [ingest_chunk_task.submit(spec, split, c) for c in info["pending"]]
+        track(futs, f"ingest-{split}", f"ingest {split}")
+        finish_stage(spec, f"ingest-{split}")
+        counts[split] = info["n"]
+    return counts
+
+
+@flow(name="boundaries", flow_run_name="boundaries-{spec.dataset}")
+def boundaries_flow(spec: RunSpec) -> dict[str, int]:
+    """Sample Q (after the centres, which the boundary-search variant needs), then one
+    Dask-parallel task per chunk computes that chunk's sign bits."""
+    compute_centres(spec)
+    info = sample_boundaries(spec)
+    for split in ("reference", "unseen"):
+        futs = [sign_chunk.submit(spec, split, c) for c in prepare_signs(spec, split)]
+        track(futs, f"signs-{split}", f"signs {split}")
+        finish_stage(spec, f"signs-{split}")
+    return info
+
+
+@flow(name="interpret", flow_run_name="interpret-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def interpret_flow(spec: RunSpec) -> list[dict]:
+    """k-means centres, then one greedy solve per centre."""
+    compute_centres(spec)
+    futs = [solve_centre.submit(spec, c) for c in prepare_polytopes(spec)]
+    out = track(futs, "solve", "solve polytopes")
+    finish_stage(spec, "polytopes")
+    return out
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def evaluate_flow(spec: RunSpec) -> dict[str, dict]:
+    """Assign unseen images, build each method's interpretations, mask, run the model, AD/AI."""
+    assign_unseen(spec)
+    results = {}
+    for method in spec.evaluation["methods"]:
+        futs = [interpret_centre.submit(spec, method, c) for c in prepare_interpretations(spec, method)]
+        track(futs, "interpret-" + method.lower(), f"interpret {method}")
+        finish_stage(spec, f"interpret-{method}")
+        futs = [evaluate_chunk.submit(spec, method, c) for c in prepare_evaluation(spec, method)]
+        track(futs, "evaluate-" + method.lower(), f"evaluate {method}")
+        finish_stage(spec, f"evaluate-{method}")
+        results[method] = summarise_evaluation(spec, method)
+    return results
+
+
+def with_default_model(spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
+    """Train (or reuse from the cache) the default model when the spec has no checkpoint."""
+    if spec.model.get("checkpoint"):
+        return spec, {}
+    m = spec.model
+    from repint.config import TrainConfig
+
+    meta = train_model(spec.reference, spec.unseen, m["architecture"], m["image_size"], tuple(m["mean"]),
+                       tuple(m["std"]), TrainConfig().model_dump(), device=spec.runtime.get("device", "auto"))
+    model = {**m, "checkpoint": meta["checkpoint"], "checkpoint_sha256": file_sha256(meta["checkpoint"])}
+    return spec.model_copy(update={"model": model}), meta
+
+
+@flow(name="pipeline", flow_run_name="pipeline-{spec.dataset}")
+def pipeline(spec: RunSpec) -> dict[str, Any]:
+    """The whole DAG on one spec; writes ``summary.json`` and figures into ``spec.out_dir``."""
+    log, timings = logger(), {}
+    t0 = time.perf_counter()
+    spec, meta = with_default_model(spec)
+    timings["train"] = time.perf_counter() - t0
+    for name, fl, runner in (("ingest", ingest_flow, None), ("boundaries", boundaries_flow, task_runner(spec)),
+                             ("interpret", interpret_flow, None), ("evaluate", evaluate_flow, None)):
+        t = time.perf_counter()
+        result = (fl.with_options(task_runner=runner) if runner else fl)(spec)
+        timings[name] = time.perf_counter() - t
+        log.info(f"{name} done in {timings[name]:.1f} s")
+    timings["total"] = time.perf_counter() - t0
+    extra = {"model_training": {k: meta[k] for k in ("train_accuracy", "test_accuracy", "train_seconds")
+                                if k in meta}} if meta else {}
+    return write_report(spec, result, timings, extra)

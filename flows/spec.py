@@ -1,0 +1,71 @@
+"""Build the run spec from a config: data sources, the model (training the default one on first use
+for the embedded demo), the store location."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from repint.tasks.common import RunSpec
+
+from repint.config import Config
+from repint.data import ArraySource, DigitsSource, ImageFolderSource, ImageSource
+from repint.nets import VGGNet
+
+
+def data_sources(cfg: Config) -> tuple[ImageSource, ImageSource, str]:
+    d = cfg.data
+    if d.kind == "digits":
+        ref = DigitsSource(split="reference", image_size=d.image_size, limit=d.limit)
+        uns = DigitsSource(split="unseen", image_size=d.image_size, limit=d.limit)
+        return ref, uns, "digits"
+    if not d.reference or not d.unseen:
+        raise ValueError(f"data.kind: {d.kind} needs both data.reference and data.unseen.")
+    if d.kind == "arrays":
+        return ArraySource(path=d.reference), ArraySource(path=d.unseen), Path(d.reference).stem
+    ref = ImageFolderSource(root=d.reference, image_size=d.image_size, per_class=d.reference_per_class,
+                            seed=cfg.interpretation.seed)
+    uns = ImageFolderSource(root=d.unseen, image_size=d.image_size, per_class=d.unseen_per_class,
+                            seed=cfg.interpretation.seed, classes=ref.class_names)
+    return ref, uns, Path(d.reference).resolve().parent.name or "imagefolder"
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def default_layer(architecture: str, n_classes: int, image_size: int) -> str | None:
+    if architecture == "vgg-small":
+        return VGGNet(n_classes, image_size=image_size).psi_layer
+    return None
+
+
+def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) -> RunSpec:
+    """A :class:`RunSpec` for ``cfg``; ``checkpoint`` overrides ``cfg.model.checkpoint``."""
+    ref, uns, name = data_sources(cfg)
+    n_classes = len(ref.class_names)
+    ckpt = checkpoint or cfg.model.checkpoint
+    if ckpt and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"model.checkpoint {ckpt} does not exist. Train one with `repint train CONFIG`.")
+    layer = cfg.model.layer or default_layer(cfg.model.architecture, n_classes, cfg.data.image_size)
+    if layer is None:
+        raise ValueError(f"model.layer is required for architecture {cfg.model.architecture!r}: name the layer "
+                         "whose output is psi (e.g. 'features.35' for torchvision's vgg19).")
+    model: dict[str, Any] = {
+        "architecture": cfg.model.architecture, "checkpoint": ckpt, "num_classes": n_classes,
+        "image_size": cfg.data.image_size, "layer": layer, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+        "allow_nonlinear_head": cfg.model.allow_nonlinear_head,
+        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
+    }
+    out = Path(out_dir).resolve()
+    return RunSpec(
+        store=cfg.store or str(out / "store.zarr"), storage_options=cfg.storage_options, out_dir=str(out),
+        dataset=name, reference=ref.spec(), unseen=uns.spec(), model=model,
+        interpretation=cfg.interpretation.model_dump(), evaluation=cfg.evaluation.model_dump(),
+        runtime=cfg.runtime.model_dump(),
+    )

@@ -1,0 +1,109 @@
+"""The run configuration (YAML), validated with pydantic: unknown keys and wrong types are errors
+that name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    kind: Literal["digits", "imagefolder", "arrays"] = "digits"
+    reference: str | None = Field(None, description="ImageFolder directory or .npz of the reference set R")
+    unseen: str | None = Field(None, description="ImageFolder directory or .npz of the unseen set S")
+    image_size: int = Field(32, ge=8, le=1024)
+    reference_per_class: int | None = Field(None, ge=1)
+    unseen_per_class: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="digits only: keep the first images of each split")
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+
+class ModelConfig(_Strict):
+    architecture: str = "vgg-small"
+    checkpoint: str | None = None
+    layer: str | None = Field(None, description="the layer whose output is psi (default for vgg-small)")
+    allow_nonlinear_head: bool = False
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    augment: bool = False
+    seed: int = 0
+
+
+class InterpretationConfig(_Strict):
+    q: int = Field(50, ge=1, description="|Q|, the number of sampled boundaries")
+    q_sampling: Literal["reference-points", "boundary-search"] = "reference-points"
+    interpretations_per_class: int = Field(10, ge=1)
+    orient: bool = True
+    unit_normals: bool = True
+    seed: int = 0
+
+
+class EvaluationConfig(_Strict):
+    methods: list[str] = Field(default_factory=lambda: ["RI", "Grad-CAM"])
+    keep_fraction: float = Field(0.2, gt=0, lt=1)
+    case_studies: int = Field(3, ge=0)
+
+
+class RuntimeConfig(_Strict):
+    device: str = "auto"
+    batch_size: int = Field(128, ge=1)
+    chunk_size: int = Field(256, ge=1)
+    task_runner: Literal["dask", "threads"] = "dask"
+    dask_address: str | None = None
+    n_workers: int = Field(2, ge=1)
+
+
+class Config(_Strict):
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    interpretation: InterpretationConfig = InterpretationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    store: str | None = Field(None, description="path or fsspec URL of the Zarr store (default OUT/store.zarr)")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with the key paths that are wrong."""
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML config. Relative data/checkpoint paths are resolved against the
+    config file's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config {path} must be a mapping of sections (data, model, ...).")
+    for key, value in (overrides or {}).items():
+        raw.setdefault(key, value)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"Config {path} is invalid:\n" + "\n".join(lines)) from None
+    base = path.resolve().parent
+    for section, key in (("data", "reference"), ("data", "unseen"), ("model", "checkpoint")):
+        obj = getattr(cfg, section)
+        value = getattr(obj, key)
+        if value and "://" not in value and not Path(value).is_absolute():
+            setattr(obj, key, str((base / value).resolve()))
+    return cfg

@@ -1,0 +1,14 @@
+"""Interpretation methods, registered by name (``evaluation.methods`` in the config selects them)."""
+
+from repint.methods import gradcam as _gradcam  # noqa: F401  (registers Grad-CAM)
+from repint.methods import ri as _ri  # noqa: F401  (registers RI)
+from repint.methods.base import (
+    CAMMethod,
+    InterpretationInput,
+    Method,
+    available_methods,
+    get_method,
+    register,
+)
+
+__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "register"]

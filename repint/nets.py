@@ -1,0 +1,133 @@
+"""The project's default VGG-style CNN, its training loop, and loading of user models."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from repint.model import Classifier
+
+__all__ = ["TrainResult", "VGGNet", "build_model", "load_checkpoint", "resolve_device", "train_classifier"]
+
+
+class VGGNet(nn.Module):
+    """A small VGG-style CNN: ``blocks`` of two 3x3 ReLU convolutions and a max-pool, then a head of
+    two hidden ReLU linear layers (so that ``G`` is piecewise linear with many regions).
+
+    The default ψ is ``features.<last ReLU>``: the ReLU after the last convolution, before the last
+    max-pool, as in the authors' code (:attr:`psi_layer`).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64),
+                 image_size: int = 32, hidden: tuple[int, int] = (128, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2 ** len(widths)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * side * side, hidden[0]), nn.ReLU(), nn.Dropout(0.3),
+            nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Linear(hidden[1], num_classes),
+        )
+        self.psi_layer = f"features.{len(layers) - 2}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, otherwise the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Module:
+    """``vgg-small`` (the project's own), a torchvision model name, or ``module:function``.
+
+    ``module:function`` imports and calls user code: it is the one place a config can run code, and
+    it is documented as such.
+    """
+    if architecture == "vgg-small":
+        return VGGNet(num_classes=num_classes, image_size=image_size)
+    if ":" in architecture:
+        mod_name, fn_name = architecture.split(":", 1)
+        fn: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
+        return fn(num_classes=num_classes)
+    import torchvision
+
+    if architecture not in torchvision.models.list_models():
+        raise ValueError(f"Unknown architecture {architecture!r}: use 'vgg-small', a torchvision model name "
+                         "(e.g. 'vgg11_bn') or 'package.module:function'.")
+    return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+
+
+def load_checkpoint(net: nn.Module, path: str | Path) -> None:
+    """Load a state dict with ``weights_only=True`` (never unpickles code) and strict key checking."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"Cannot load checkpoint {path}: {exc}. RepInt loads checkpoints with "
+                         "weights_only=True: save a plain state_dict (torch.save(model.state_dict(), path)).") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {list(missing)[:8]}, "
+                         f"unexpected keys {list(unexpected)[:8]}. Check `model.architecture`.")
+
+
+@dataclass
+class TrainResult:
+    train_accuracy: float
+    epochs: int
+    seconds: float
+
+
+def train_classifier(
+    model: Classifier, images: np.ndarray, labels: np.ndarray, *, epochs: int = 12, batch_size: int = 64,
+    lr: float = 2e-3, seed: int = 0, device: str = "auto", augment: bool = False,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on pixel-space images ``[N, C, H, W]`` in ``[0, 1]`` with Adam, seeded."""
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    start, acc = time.perf_counter(), 0.0
+    for epoch in range(epochs):
+        order = rng.permutation(len(x_all))
+        correct = 0
+        for i in range(0, len(order), batch_size):
+            idx = torch.from_numpy(order[i: i + batch_size])
+            x, y = x_all[idx].to(dev), y_all[idx].to(dev)
+            if augment:
+                flip = torch.rand(len(x), device=dev) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            correct += int((out.argmax(1) == y).sum())
+        sched.step()
+        acc = correct / len(order)
+        if progress:
+            progress(epoch + 1, acc)
+    model.eval().cpu()
+    return TrainResult(train_accuracy=acc, epochs=epochs, seconds=time.perf_counter() - start)

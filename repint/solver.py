@@ -1,0 +1,171 @@
+r"""The greedy solver of Algorithm 1 (Wolsey's greedy for submodular-cost submodular cover).
+
+For an input ``x`` with sign row ``s(x)`` over the sampled boundaries ``Q``, ``P ⊆ Q`` covers ``x'``
+when ``s_h(x') = s_h(x)`` for every ``h ∈ P``. With ``R`` the reference set and ``D = D(x)`` its
+images of another predicted class,
+
+.. math::
+
+    \tau(x) = |\{x' \in D : s_h(x') = s_h(x)\ \forall h \in Q\}|, \qquad \delta = \tau(x)
+
+and, starting from ``P = ∅``, while ``|P ∩ D| > δ`` add the ``h ∉ P`` minimising
+
+.. math:: \frac{|P \cap R| - |(P + h) \cap R|}{|P \cap D| - |(P + h) \cap D|}
+
+among candidates with a positive denominator. Ties: smallest ratio, then largest denominator, then
+lowest index. Counts are popcounts over bits packed along the image axis, and only the words where
+``P ∩ R`` is still non-empty are touched, so a step costs ``O(|Q| · |P ∩ R| / 64)``.
+
+Ratios are compared as float64: distinct ratios of integers ``≤ N`` differ by at least ``1/N²``
+relatively, far above float64 rounding for any ``N < 10⁷``, so the order is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["InfeasibleError", "Polytope", "greedy_polytope", "greedy_polytope_dense"]
+
+
+class InfeasibleError(ValueError):
+    """``δ < τ(x)``: no subset of ``Q`` can exclude enough images of other classes."""
+
+
+@dataclass(frozen=True)
+class Polytope:
+    """The solution for one input: boundaries in the order chosen and what they cover."""
+
+    input_index: int
+    boundaries: np.ndarray
+    orientation: np.ndarray
+    covered: np.ndarray
+    tau: int
+    delta: int
+    n_other_covered: int
+
+    @property
+    def n_covered(self) -> int:
+        """Representativeness ``|P ∩ R|``."""
+        return int(self.covered.sum())
+
+    @property
+    def purity(self) -> float:
+        """``|P ∩ R \\ D| / |P ∩ R|``."""
+        n = self.n_covered
+        return (n - self.n_other_covered) / n if n else 0.0
+
+
+def _validate(signs: np.ndarray, input_index: int, other_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    signs = np.asarray(signs)
+    other = np.asarray(other_class)
+    if signs.ndim != 2 or signs.dtype != bool:
+        raise ValueError(f"signs must be a boolean N x Q matrix, got dtype {signs.dtype} and shape {signs.shape}.")
+    if other.shape != (signs.shape[0],) or other.dtype != bool:
+        raise ValueError(f"other_class must be a boolean vector of length N = {signs.shape[0]}, "
+                         f"got dtype {other.dtype} and shape {other.shape}.")
+    if not 0 <= input_index < signs.shape[0]:
+        raise ValueError(f"input_index {input_index} is outside the {signs.shape[0]} reference images.")
+    if other[input_index]:
+        raise ValueError(f"Image {input_index} is marked as of another class than itself (other_class[input_index]).")
+    return signs, other
+
+
+def _pack_images(mask: np.ndarray) -> np.ndarray:
+    """Pack a boolean ``[N, Q]`` (or ``[N]``) along the image axis into ``uint64`` ``[Q, ceil(N/64)]``."""
+    m = np.atleast_2d(mask.T) if mask.ndim == 2 else mask[None, :]
+    n_words = -(-m.shape[1] // 64)
+    out = np.zeros((m.shape[0], n_words * 8), dtype=np.uint8)
+    packed = np.packbits(m, axis=1, bitorder="little")
+    out[:, : packed.shape[1]] = packed
+    return out.view("<u8")
+
+
+def _unpack_images(words: np.ndarray, n: int) -> np.ndarray:
+    return np.unpackbits(words.view(np.uint8), count=n, bitorder="little").astype(bool)
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
+
+
+def greedy_polytope(signs: np.ndarray, input_index: int, other_class: np.ndarray,
+                    delta: int | None = None) -> Polytope:
+    """Algorithm 1 on a boolean ``N x Q`` sign matrix; ``other_class`` marks ``D(x)``.
+
+    Returns a :class:`Polytope` with ``.boundaries`` (column indices in the order chosen),
+    ``.covered`` (boolean ``N``), ``.tau``. Raises :class:`InfeasibleError` when ``delta < tau``.
+    """
+    signs, other = _validate(signs, input_index, other_class)
+    n, q = signs.shape
+    agree = signs == signs[input_index]
+    A = _pack_images(agree)                      # [Q, W]: images on x's side of h
+    Dw = _pack_images(other)[0]                  # [W]
+    Rw = _pack_images(np.ones(n, dtype=bool))[0]
+    inside = np.bitwise_and.reduce(A, axis=0) if q else Rw.copy()
+    tau = int(_popcount(inside & Dw))
+    delta = tau if delta is None else int(delta)
+    if delta < tau:
+        raise InfeasibleError(
+            f"delta = {delta} < tau = {tau}: even all {q} boundaries leave {tau} images of another class on "
+            f"the side of input {input_index}. Use delta >= tau (the default), or sample more boundaries.")
+    cur, n_r, n_d = Rw, n, int(_popcount(Dw))
+    active = np.flatnonzero(cur)
+    candidates = np.arange(q)
+    chosen: list[int] = []
+    while n_d > delta:
+        cur_a, d_a = cur[active], Dw[active]
+        sub = A[np.ix_(candidates, active)] & cur_a
+        new_r = _popcount(sub)
+        new_d = _popcount(sub & d_a)
+        den = n_d - new_d
+        keep = den > 0          # a zero denominator stays zero as P grows: drop it for good
+        candidates, new_r, new_d, den = candidates[keep], new_r[keep], new_d[keep], den[keep]
+        ratio = (n_r - new_r) / den
+        best = np.lexsort((candidates, -den, ratio))[0]
+        h = int(candidates[best])
+        chosen.append(h)
+        cur = cur.copy()
+        cur[active] = cur_a & A[h, active]
+        n_r, n_d = int(new_r[best]), int(new_d[best])
+        candidates = np.delete(candidates, best)
+        active = active[cur[active] != 0]
+    covered = _unpack_images(cur, n)
+    idx = np.asarray(chosen, dtype=np.int64)
+    return Polytope(input_index=int(input_index), boundaries=idx, orientation=signs[input_index, idx].copy(),
+                    covered=covered, tau=tau, delta=delta, n_other_covered=n_d)
+
+
+def greedy_polytope_dense(signs: np.ndarray, input_index: int, other_class: np.ndarray,
+                          delta: int | None = None) -> Polytope:
+    """A straightforward boolean-matrix numpy version of Algorithm 1, the reference for tests and
+    benchmarks. Same result as :func:`greedy_polytope`, much slower."""
+    signs, other = _validate(signs, input_index, other_class)
+    n, q = signs.shape
+    agree = signs == signs[input_index]
+    tau = int((agree.all(axis=1) & other).sum())
+    delta = tau if delta is None else int(delta)
+    if delta < tau:
+        raise InfeasibleError(f"delta = {delta} < tau = {tau}")
+    cur = np.ones(n, dtype=bool)
+    chosen: list[int] = []
+    while (cur & other).sum() > delta:
+        best: tuple[float, int, int] | None = None
+        for h in range(q):
+            if h in chosen:
+                continue
+            new = cur & agree[:, h]
+            num = int(cur.sum() - new.sum())
+            den = int((cur & other).sum() - (new & other).sum())
+            if den <= 0:
+                continue
+            key = (num / den, -den, h)
+            if best is None or key < best:
+                best = key
+        assert best is not None
+        chosen.append(best[2])
+        cur &= agree[:, best[2]]
+    idx = np.asarray(chosen, dtype=np.int64)
+    return Polytope(input_index=int(input_index), boundaries=idx, orientation=signs[input_index, idx].copy(),
+                    covered=cur, tau=tau, delta=delta, n_other_covered=int((cur & other).sum()))

@@ -1,0 +1,46 @@
+"""Interpretations V: k-means centres of the reference features (|V| = per class x C)."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+from repint.storage import fingerprint_params
+from repint.tasks.common import RunSpec, open_store
+
+from repint.centres import kmeans_centres
+
+
+def centres_fingerprint(spec: RunSpec) -> str:
+    store = open_store(spec, mode="r")
+    ingest = store.attrs["stages"]["ingest-reference"]["fingerprint"]
+    i = spec.interpretation
+    return fingerprint_params("centres", ingest, i["interpretations_per_class"], i["seed"])
+
+
+@task(name="centres", task_run_name="centres", retries=1)
+def compute_centres(spec: RunSpec) -> dict:
+    """k-means on flattened ψ(R); the input of each interpretation is the reference image nearest
+    its centre. Refuses a reference set predicted as a single class."""
+    store = open_store(spec)
+    store.require_complete("ingest-reference")
+    fp = centres_fingerprint(spec)
+    preds = store.read("reference/predictions")
+    n_classes = store.shape("reference/logits")[1]
+    predicted = np.unique(preds)
+    if len(predicted) < 2:
+        raise ValueError(f"The model predicts every reference image as class {predicted.tolist()}: RI needs at "
+                         "least two predicted classes (D(x) would be empty). Use a better-trained model or a "
+                         "more varied reference set.")
+    if store.stage_complete("centres", fp):
+        return {"n_centres": store.shape("centres/input_index")[0]}
+    store.begin_stage("centres", fp, 1)
+    feats = store.read("reference/features")
+    k = spec.interpretation["interpretations_per_class"] * n_classes
+    c = kmeans_centres(feats, k, seed=spec.interpretation["seed"])
+    store.write("centres/vectors", c.centres)
+    store.write("centres/labels", c.labels)
+    store.write("centres/input_index", c.input_index)
+    store.write("centres/predicted_class", preds[c.input_index])
+    store.mark_unit_done("centres", 0)
+    store.finish_stage("centres")
+    return {"n_centres": len(c.input_index)}

@@ -1,0 +1,116 @@
+"""What every task needs: the run spec (small, JSON-able), the store, the split model, chunking."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from repint.storage import FeatureStore
+
+from repint.data import ImageSource, source_from_spec
+from repint.model import Classifier, SplitModel, split_model
+from repint.nets import build_model, load_checkpoint, resolve_device
+
+__all__ = ["RunSpec", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
+
+
+class RunSpec(BaseModel):
+    """Everything a task needs to find its inputs; passed to every task (no big arrays)."""
+
+    store: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    out_dir: str
+    dataset: str
+    reference: dict[str, Any]
+    unseen: dict[str, Any]
+    model: dict[str, Any]
+    interpretation: dict[str, Any]
+    evaluation: dict[str, Any]
+    runtime: dict[str, Any]
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.runtime["chunk_size"])
+
+
+def logger() -> logging.Logger:
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()  # type: ignore[return-value]
+    except Exception:
+        return logging.getLogger("repint")
+
+
+def open_store(spec: RunSpec, mode: str = "a") -> FeatureStore:
+    return FeatureStore(spec.store, spec.storage_options, mode=mode)
+
+
+def source(spec: RunSpec, split: str) -> ImageSource:
+    return source_from_spec(spec.reference if split == "reference" else spec.unseen)
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+@functools.lru_cache(maxsize=4)
+def _load(model_json: str) -> SplitModel:
+    import json
+
+    m = json.loads(model_json)
+    net = build_model(m["architecture"], m["num_classes"], m["image_size"])
+    if m.get("checkpoint"):
+        load_checkpoint(net, m["checkpoint"])
+    clf = Classifier(net, tuple(m["mean"]), tuple(m["std"])).eval()
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    return split_model(clf, "net." + m["layer"], allow_nonlinear_head=m.get("allow_nonlinear_head", False))
+
+
+def load_split(spec: RunSpec) -> SplitModel:
+    """The model split at ψ, loaded once per process."""
+    import json
+
+    return _load(json.dumps(spec.model, sort_keys=True))
+
+
+def device(spec: RunSpec) -> torch.device:
+    return resolve_device(spec.runtime.get("device", "auto"))
+
+
+def unit_key(stage: str) -> Any:
+    """A Prefect ``cache_key_fn``: the store's identity, the stage's input fingerprint and the unit.
+
+    A store that is deleted and recreated gets a new ``store_id``, and changed inputs give a new
+    stage fingerprint, so no stale cache entry is ever trusted."""
+
+    def key(context: Any, parameters: dict[str, Any]) -> str | None:
+        spec = parameters["spec"]
+        spec = spec if isinstance(spec, RunSpec) else RunSpec.model_validate(spec)
+        try:
+            attrs = open_store(spec, mode="r").attrs
+        except Exception:
+            return None
+        stage_name = stage.format(**parameters)
+        info = attrs.get("stages", {}).get(stage_name)
+        if not info:
+            return None
+        unit = [f"{k}={v}" for k, v in sorted(parameters.items()) if k != "spec"]
+        return "-".join([context.task.name, attrs["store_id"], stage_name, info["fingerprint"], *unit])
+
+    return key
+
+
+def batched_forward(module: torch.nn.Module, x: np.ndarray, batch_size: int, dev: torch.device) -> np.ndarray:
+    """``module(x)`` in batches without gradients, as float32 numpy."""
+    outs = []
+    module.to(dev)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(module(torch.as_tensor(x[i: i + batch_size], device=dev)).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

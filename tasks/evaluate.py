@@ -1,0 +1,173 @@
+"""Evaluate: assign unseen images to interpretations, build each method's interpretation per centre,
+mask the unseen images by the reused maps, and compute AD/AI."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from prefect import task
+from repint.storage import fingerprint_params
+from repint.tasks.common import (
+    RunSpec,
+    batched_forward,
+    chunks,
+    device,
+    load_split,
+    open_store,
+    source,
+    unit_key,
+)
+
+from repint.centres import assign_nearest
+from repint.methods import InterpretationInput, get_method
+from repint.metrics import AverageDropIncrease, mask_images
+from repint.signs import unpack_signs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z.astype(np.float64))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@task(name="assign-unseen", task_run_name="assign-unseen")
+def assign_unseen(spec: RunSpec) -> dict:
+    """RI: the polytope of V that covers ``e`` and has ``e``'s predicted class (nearest centre among
+    several), else the nearest centre's. Baselines: the nearest centre."""
+    store = open_store(spec)
+    for stage in ("polytopes", "signs-unseen"):
+        store.require_complete(stage)
+    feats = store.read("unseen/features")
+    centres = store.read("centres/vectors")
+    nearest = assign_nearest(feats, centres)
+    preds = store.read("unseen/predictions")
+    centre_class = store.read("centres/predicted_class")
+    m = store.shape("boundaries/b")[0]
+    signs = unpack_signs(store.read("signs/unseen"), m)
+    ids, orient = store.read("polytopes/boundaries"), store.read("polytopes/orientation")
+    cov = np.zeros((len(feats), len(centres)), dtype=bool)
+    for v in range(len(centres)):
+        k = ids[v] >= 0
+        cov[:, v] = (signs[:, ids[v][k]] == orient[v][k]).all(axis=1) & (preds == centre_class[v])
+    flat = feats.reshape(len(feats), -1).astype(np.float64)
+    c64 = centres.astype(np.float64)
+    dist = (flat ** 2).sum(1)[:, None] - 2 * flat @ c64.T + (c64 ** 2).sum(1)[None, :]
+    ri = np.where(cov.any(1), np.argmin(np.where(cov, dist, np.inf), axis=1), nearest)
+    store.write("evaluation/assignment/nearest", nearest)
+    store.write("evaluation/assignment/ri_centre", ri)
+    store.write("evaluation/assignment/ri_covered", cov.any(1))
+    return {"covered_unseen": int(cov.any(1).sum()), "n_unseen": len(feats)}
+
+
+def interpretation_input(spec: RunSpec, store, centre: int, method: str) -> InterpretationInput:  # noqa: ANN001
+    x = int(store.read("centres/input_index")[centre])
+    sm = load_split(spec)
+    W = b = None
+    if method == "RI":
+        ids = store.read("polytopes/boundaries", centre)
+        ids = ids[ids >= 0]
+        W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None))) if len(ids) else np.zeros((0, 1))
+        b = store.read("boundaries/b")[ids]
+    return InterpretationInput(
+        model=sm.model, layer=sm.layer, image=source(spec, "reference").load(np.array([x]))[0],
+        features=store.read("reference/features", x), predicted_class=int(store.read("reference/predictions", x)),
+        boundaries_W=W, boundaries_b=b, orient=bool(spec.interpretation.get("orient", True)))
+
+
+@task(name="prepare-interpretations", task_run_name="prepare-interpretations-{method}")
+def prepare_interpretations(spec: RunSpec, method: str) -> list[int]:
+    store = open_store(spec)
+    store.require_complete("polytopes")
+    fp = fingerprint_params("interpret", method, store.attrs["stages"]["polytopes"]["fingerprint"],
+                            spec.interpretation.get("orient", True))
+    stage = f"interpret-{method}"
+    if store.stage_complete(stage, fp):
+        return []
+    store.begin_stage(stage, fp, store.shape("centres/input_index")[0], arrays=[f"interpretations/{method}"])
+    return store.pending_units(stage)
+
+
+@task(name="interpret-centre", task_run_name="interpret-{method}-{centre}", retries=1,
+      cache_key_fn=unit_key("interpret-{method}"))
+def interpret_centre(spec: RunSpec, method: str, centre: int) -> dict:
+    """One method's reusable interpretation of one centre (e.g. channel weights), into the store."""
+    store = open_store(spec)
+    out = get_method(method).interpret(interpretation_input(spec, store, centre, method))
+    for key, value in out.items():
+        store.write(f"interpretations/{method}/c{centre}/{key}", value)
+    store.mark_unit_done(f"interpret-{method}", centre)
+    return {"method": method, "centre": centre}
+
+
+def load_interpretation(store, method: str, centre: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+    grp = store.root[f"interpretations/{method}/c{centre}"]
+    return {k: np.asarray(a[...]) for k, a in grp.arrays()}
+
+
+@task(name="prepare-evaluation", task_run_name="prepare-evaluation-{method}")
+def prepare_evaluation(spec: RunSpec, method: str) -> list[int]:
+    store = open_store(spec)
+    st = store.attrs["stages"]
+    fp = fingerprint_params("evaluate", st[f"interpret-{method}"]["fingerprint"], st["signs-unseen"]["fingerprint"],
+                            spec.evaluation.get("keep_fraction", 0.2))
+    stage = f"evaluate-{method}"
+    if store.stage_complete(stage, fp):
+        return []
+    n, cs = store.shape("unseen/predictions")[0], spec.chunk_size
+    store.begin_stage(stage, fp, len(chunks(n, cs)), arrays=[f"evaluation/{method}"])
+    for name, dtype, fill in (("centre", "i8", -1), ("covered", bool, False), ("y", "f8", np.nan),
+                              ("y_masked", "f8", np.nan), ("kept_fraction", "f8", np.nan)):
+        store.require(f"evaluation/{method}/{name}", (n,), dtype, (cs,), fill_value=fill)
+    return store.pending_units(stage)
+
+
+@task(name="evaluate-chunk", task_run_name="evaluate-{method}-{chunk}", retries=1,
+      cache_key_fn=unit_key("evaluate-{method}"))
+def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
+    """Mask one chunk of unseen images by the method's reused interpretation, run the model on the
+    masked images in batches, and store ``Y_c(e)`` and ``Y_c(e')``."""
+    store, m = open_store(spec), get_method(method)
+    n = store.shape("unseen/predictions")[0]
+    lo, hi = chunks(n, spec.chunk_size)[chunk]
+    idx = np.arange(lo, hi)
+    images = source(spec, "unseen").load(idx)
+    feats = store.read("unseen/features", slice(lo, hi))
+    logits = store.read("unseen/logits", slice(lo, hi))
+    cls = logits.argmax(1)
+    key = "ri_centre" if method == "RI" else "nearest"
+    centre = store.read(f"evaluation/assignment/{key}")[lo:hi]
+    keep = np.zeros((len(idx), *images.shape[-2:]), dtype=bool)
+    fraction = float(spec.evaluation.get("keep_fraction", 0.2))
+    for v in np.unique(centre):
+        sel = centre == v
+        keep[sel] = m.keep_masks(load_interpretation(store, method, int(v)), images[sel], feats[sel], fraction)
+    masked = mask_images(images, keep)
+    sm = load_split(spec)
+    with torch.no_grad():
+        out = batched_forward(sm.model, masked, int(spec.runtime["batch_size"]), device(spec))
+    y = softmax(logits)[np.arange(len(idx)), cls]
+    y_masked = softmax(out)[np.arange(len(idx)), cls]
+    covered = store.read("evaluation/assignment/ri_covered")[lo:hi] if method == "RI" else np.zeros(len(idx), bool)
+    r = store.root
+    r[f"evaluation/{method}/centre"][lo:hi] = centre
+    r[f"evaluation/{method}/covered"][lo:hi] = covered
+    r[f"evaluation/{method}/y"][lo:hi] = y
+    r[f"evaluation/{method}/y_masked"][lo:hi] = y_masked
+    r[f"evaluation/{method}/kept_fraction"][lo:hi] = keep.reshape(len(idx), -1).mean(1)
+    store.mark_unit_done(f"evaluate-{method}", chunk)
+    return {"method": method, "chunk": chunk, "n": len(idx)}
+
+
+@task(name="summarise-evaluation", task_run_name="summarise-{method}")
+def summarise_evaluation(spec: RunSpec, method: str) -> dict:
+    """mAD / mAI (percent) of one method over the unseen set, from the stored records."""
+    store = open_store(spec)
+    store.require_complete(f"evaluate-{method}")
+    metric = AverageDropIncrease()
+    metric.update(store.read(f"evaluation/{method}/y"), store.read(f"evaluation/{method}/y_masked"))
+    s = metric.summary()
+    out = {"mAD": round(s["AD"], 4), "mAI": round(s["AI"], 4), "n": int(s["n"])}
+    if method == "RI":
+        out["covered_unseen"] = int(store.read("evaluation/RI/covered").sum())
+    store.root[f"evaluation/{method}"].attrs.update(out)
+    return out

@@ -1,0 +1,75 @@
+"""Ingest: chunks of images -> ψ, logits and predictions in the store."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+from repint.storage import fingerprint_params
+from repint.tasks.common import (
+    RunSpec,
+    batched_forward,
+    chunks,
+    device,
+    load_split,
+    open_store,
+    source,
+    unit_key,
+)
+
+
+def ingest_fingerprint(spec: RunSpec, split: str) -> str:
+    src = source(spec, split)
+    return fingerprint_params("ingest", spec.model, src.fingerprint(), spec.chunk_size)
+
+
+@task(name="prepare-ingest", task_run_name="prepare-ingest-{split}")
+def prepare_ingest(spec: RunSpec, split: str) -> dict:
+    """Create the split's arrays (shapes from one forward pass) and start or resume the stage."""
+    store, src, sm = open_store(spec), source(spec, split), load_split(spec)
+    n, cs = len(src), spec.chunk_size
+    fp = ingest_fingerprint(spec, split)
+    stage = f"ingest-{split}"
+    if store.stage_complete(stage, fp):
+        return {"split": split, "n": n, "pending": [], "fingerprint": fp}
+    probe = batched_forward(sm.psi, src.load(np.arange(1)), 1, device(spec))
+    n_classes = batched_forward(sm.head, probe, 1, device(spec)).shape[1]
+    fshape = probe.shape[1:]
+    store.begin_stage(stage, fp, len(chunks(n, cs)), arrays=[f"{split}/{a}" for a in
+                                                          ("features", "logits", "predictions")])
+    store.require(f"{split}/features", (n, *fshape), "f4", (cs, *fshape))
+    store.require(f"{split}/logits", (n, n_classes), "f4", (cs, n_classes))
+    store.require(f"{split}/predictions", (n,), "i8", (cs,), fill_value=-1)
+    store.write(f"{split}/ids", np.asarray(src.ids, dtype=str))
+    store.write(f"{split}/labels", src.labels)
+    store.set_attrs(**{f"skipped_{split}": src.skipped, f"data_{split}": src.spec()})
+    if src.skipped:
+        logger().warning(f"{len(src.skipped)} {split} images do not decode and are skipped, e.g. "
+                         f"{src.skipped[0]['id']}: {src.skipped[0]['reason']}")
+    return {"split": split, "n": n, "pending": store.pending_units(stage), "fingerprint": fp}
+
+
+@task(name="ingest-chunk", task_run_name="ingest-{split}-{chunk}", retries=2, retry_delay_seconds=2,
+      cache_key_fn=unit_key("ingest-{split}"))
+def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
+    """ψ, logits and predictions of one chunk of images, written to its own Zarr chunks, then the
+    chunk's completion record."""
+    store, src, sm = open_store(spec), source(spec, split), load_split(spec)
+    lo, hi = chunks(len(src), spec.chunk_size)[chunk]
+    images = src.load(np.arange(lo, hi))
+    dev, bs = device(spec), int(spec.runtime["batch_size"])
+    feats = batched_forward(sm.psi, images, bs, dev)
+    logits = batched_forward(sm.head, feats, bs, dev)
+    if not np.isfinite(feats).all() or not np.isfinite(logits).all():
+        raise ValueError(f"Non-finite features or logits in {split} images {lo}..{hi - 1}: check the model "
+                         "and the input normalisation.")
+    store.root[f"{split}/features"][lo:hi] = feats
+    store.root[f"{split}/logits"][lo:hi] = logits
+    store.root[f"{split}/predictions"][lo:hi] = logits.argmax(1)
+    store.mark_unit_done(f"ingest-{split}", chunk)
+    return {"split": split, "chunk": chunk, "n": hi - lo}
+
+
+@task(name="finish-stage", task_run_name="finish-{stage}")
+def finish_stage(spec: RunSpec, stage: str) -> str:
+    open_store(spec).finish_stage(stage)
+    return stage

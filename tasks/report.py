@@ -1,0 +1,110 @@
+"""Report: summary.json, figures of a few interpretations (Fig. 2 style) and Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from repint.tasks.common import RunSpec, open_store, source
+from repint.tasks.evaluate import load_interpretation
+
+from repint.methods import get_method
+from repint.ranking import rank_similar
+
+
+def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = int(store.read("centres/input_index")[centre])
+    covered = np.flatnonzero(store.read("polytopes/covered", centre))
+    covered = covered[covered != x]
+    ids = store.read("polytopes/boundaries", centre)
+    ids = ids[ids >= 0]
+    feats = store.root["reference/features"]
+    psi_x = np.asarray(feats[x])
+    if len(ids) and len(covered):
+        W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None)))
+        order = rank_similar(W, psi_x, feats.get_orthogonal_selection((covered,)),
+                             unit=bool(spec.interpretation.get("unit_normals", True)))
+        similar = covered[order[:top]]
+    else:
+        similar = covered[:top]
+    shown = np.concatenate([[x], similar]).astype(int)
+    images = source(spec, "reference").load(shown)
+    interp = load_interpretation(store, "RI", centre)
+    maps = get_method("RI").heatmaps(interp, images, feats.get_orthogonal_selection((shown,)))
+    fig, axes = plt.subplots(2, len(shown), figsize=(2.2 * len(shown), 4.6), squeeze=False)
+    for j in range(len(shown)):
+        img = images[j].transpose(1, 2, 0)
+        axes[0, j].imshow(img)
+        axes[0, j].set_title("input" if j == 0 else f"similar #{j}", fontsize=9)
+        axes[1, j].imshow(img)
+        axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        for ax in axes[:, j]:
+            ax.axis("off")
+    n_cov = int(store.read("polytopes/n_covered", centre))
+    fig.suptitle(f"interpretation {centre}: |P| = {len(ids)} boundaries, covers {n_cov} reference images",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return {"centre": centre, "input": x, "similar": similar.tolist(), "png": path.name}
+
+
+@task(name="report", task_run_name="report")
+def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, float],
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``summary.json`` and the figures into the output folder, and the Prefect artifacts."""
+    store = open_store(spec)
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    attrs = store.attrs
+    n_cov = store.read("polytopes/n_covered")
+    size = store.read("polytopes/size")
+    summary: dict[str, Any] = {
+        "dataset": spec.dataset,
+        "model": spec.model["architecture"],
+        "checkpoint": spec.model.get("checkpoint"),
+        "layer": spec.model["layer"],
+        "n_reference": store.shape("reference/predictions")[0],
+        "n_unseen": store.shape("unseen/predictions")[0],
+        "n_classes": store.shape("reference/logits")[1],
+        "n_interpretations": store.shape("centres/input_index")[0],
+        "q": spec.interpretation["q"],
+        "q_sampling": spec.interpretation["q_sampling"],
+        "n_boundaries": store.shape("boundaries/b")[0],
+        "n_distinct_boundaries": attrs.get("n_distinct_boundaries"),
+        "polytopes": {"mean_size": float(size.mean()), "mean_covered": float(n_cov.mean()),
+                      "mean_purity": float(np.nanmean(store.read("polytopes/purity")))},
+        "methods": results,
+        "skipped_images": {"count": len(attrs.get("skipped_reference", [])) + len(attrs.get("skipped_unseen", [])),
+                           "reference": attrs.get("skipped_reference", []), "unseen": attrs.get("skipped_unseen", [])},
+        "q_clamped": attrs.get("q_clamped", []),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "store": spec.store,
+        **(extra or {}),
+    }
+    case = int(spec.evaluation.get("case_studies", 3))
+    figures = [_figure(spec, store, int(c), out / f"interpretation-{int(c)}.png")
+               for c in np.argsort(-n_cov, kind="stable")[:case]]
+    summary["figures"] = figures
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    rows = [{"method": m, "mAD (%)": r["mAD"], "mAI (%)": r["mAI"], "n": r["n"],
+             "covered unseen": r.get("covered_unseen", "")} for m, r in results.items()]
+    create_table_artifact(key="repint-ad-ai", table=rows, description=f"AD/AI on {spec.dataset}")
+    md = [f"# RepInt run on {spec.dataset}", "",
+          f"{summary['n_reference']} reference / {summary['n_unseen']} unseen images, "
+          f"{summary['n_interpretations']} interpretations, |Q| = {summary['q']} ({summary['q_sampling']}).", "",
+          "| method | mAD (%) | mAI (%) |", "|---|---|---|"]
+    md += [f"| {r['method']} | {r['mAD (%)']:.2f} | {r['mAI (%)']:.2f} |" for r in rows]
+    md += ["", f"Polytopes: mean size {summary['polytopes']['mean_size']:.1f}, mean coverage "
+               f"{summary['polytopes']['mean_covered']:.1f} reference images.", f"Output: `{out}`"]
+    create_markdown_artifact(key="repint-summary", markdown="\n".join(md), description="RepInt summary")
+    return summary
