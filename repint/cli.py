@@ -23,7 +23,8 @@ def _table(summary: dict[str, Any]) -> str:
     p = summary["polytopes"]
     lines += ["", f"polytopes: mean size {p['mean_size']:.1f}, mean coverage {p['mean_covered']:.1f} reference "
                   f"images, mean purity {p['mean_purity']:.3f}",
-              f"time: {summary['timings_s'].get('total', float('nan')):.1f} s; output in {Path(summary['store']).parent}"]
+              f"time: {summary['timings_s'].get('total', float('nan')):.1f} s; "
+              f"output in {Path(summary['store']).parent}"]
     return "\n".join(lines)
 
 

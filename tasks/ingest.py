@@ -11,6 +11,7 @@ from repint.tasks.common import (
     chunks,
     device,
     load_split,
+    logger,
     open_store,
     source,
     unit_key,

@@ -51,7 +51,8 @@ def train_model(reference: dict[str, Any], unseen: dict[str, Any] | None, archit
     images = src.load(np.arange(len(src)))
     start = time.perf_counter()
     res = train_classifier(model, images, src.labels, epochs=train["epochs"], batch_size=train["batch_size"],
-                           lr=train["lr"], seed=train.get("seed", 0), device=device, augment=train.get("augment", False),
+                           lr=train["lr"], seed=train.get("seed", 0), device=device,
+                           augment=train.get("augment", False),
                            progress=lambda e, a: log.info(f"epoch {e}/{train['epochs']}: train accuracy {a:.3f}"))
     meta: dict[str, Any] = {"checkpoint": str(path), "architecture": architecture, "fingerprint": fp,
                             "n_classes": n_classes, "class_names": src.class_names,
