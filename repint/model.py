@@ -193,7 +193,9 @@ def split_model(model: nn.Module, layer: str, *, allow_nonlinear_head: bool = Fa
         ok, nl = _check_op(n, modules)
         if not ok:
             offending.append(_describe(n, modules))
-        nonlinear |= nl
+        # An op outside the piecewise-linear list (GELU, sigmoid, ..., run under the override) is not
+        # known to be affine either: the head must not then be reported as affine.
+        nonlinear |= nl or not ok
         henv[n] = head_graph.node_copy(n, arg)
     head_graph.output(fx.map_arg(output_node.args[0], arg))
     head = fx.GraphModule(gm, head_graph)

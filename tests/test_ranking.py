@@ -1,0 +1,43 @@
+"""Eq. 6 semantic distance and the similarity ranking, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from repint.ranking import rank_similar, semantic_distance
+
+# Boundaries W0 = (3, 4) (norm 5), W1 = (0, 2) (norm 2); ψ(x) = (1, 1): <W0, ψ(x)> = 7, <W1, ψ(x)> = 2.
+W = np.array([[3.0, 4.0], [0.0, 2.0]])
+PSI_X = np.array([1.0, 1.0])
+# others:        <W0,.>  <W1,.>   raw Dist             unit Dist
+# c = (1, 0)       3       0      |3-7| + |0-2| = 6     4/5 + 2/2 = 1.8
+# b = (2, 1)      10       2      |10-7| + 0   = 3      3/5 + 0   = 0.6
+# a = (1, 1)       7       2      0                     0
+# d = (0, 1.5)     6       3      1 + 1        = 2      1/5 + 1/2 = 0.7
+OTHERS = np.array([[1.0, 0.0], [2.0, 1.0], [1.0, 1.0], [0.0, 1.5]])
+
+
+def test_semantic_distance_unit_normals():
+    np.testing.assert_allclose(semantic_distance(W, PSI_X, OTHERS), [1.8, 0.6, 0.0, 0.7], atol=1e-12)
+
+
+def test_semantic_distance_raw_w():
+    np.testing.assert_allclose(semantic_distance(W, PSI_X, OTHERS, unit=False), [6.0, 3.0, 0.0, 2.0], atol=1e-12)
+
+
+def test_rank_similar_orders_differ_between_variants():
+    # unit: a (0) < b (0.6) < d (0.7) < c (1.8)  -> positions [2, 1, 3, 0]
+    # raw:  a (0) < d (2)   < b (3)   < c (6)    -> positions [2, 3, 1, 0]
+    assert rank_similar(W, PSI_X, OTHERS).tolist() == [2, 1, 3, 0]
+    assert rank_similar(W, PSI_X, OTHERS, unit=False).tolist() == [2, 3, 1, 0]
+
+
+def test_rank_similar_ties_are_stable_and_feature_maps_flatten():
+    # Two copies of b at positions 0 and 2: equal distances keep their order. Features as [n, 1, 2].
+    others = np.array([[2.0, 1.0], [1.0, 1.0], [2.0, 1.0]]).reshape(3, 1, 2)
+    assert rank_similar(W.reshape(2, 1, 2), PSI_X.reshape(1, 2), others).tolist() == [1, 0, 2]
+
+
+def test_zero_boundary_contributes_nothing():
+    w = np.vstack([W, np.zeros((1, 2))])
+    np.testing.assert_allclose(semantic_distance(w, PSI_X, OTHERS), [1.8, 0.6, 0.0, 0.7], atol=1e-12)
