@@ -45,10 +45,23 @@ def default_layer(architecture: str, n_classes: int, image_size: int) -> str | N
     return None
 
 
+def validate_model(model: dict[str, Any]) -> None:
+    """Build and split the model once before any flow starts, so a wrong layer name or a head that
+    is not piecewise linear is reported at once (weights are not needed for that)."""
+    from repint.model import Classifier, split_model
+    from repint.nets import build_model
+
+    net = build_model(model["architecture"], model["num_classes"], model["image_size"])
+    split_model(Classifier(net, tuple(model["mean"]), tuple(model["std"])), "net." + model["layer"],
+                allow_nonlinear_head=model["allow_nonlinear_head"])
+
+
 def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) -> RunSpec:
     """A :class:`RunSpec` for ``cfg``; ``checkpoint`` overrides ``cfg.model.checkpoint``."""
     ref, uns, name = data_sources(cfg)
-    n_classes = len(ref.class_names)
+    n_classes = cfg.model.num_classes or len(ref.class_names)
+    if n_classes < 2:
+        raise ValueError("The reference data has no labels to count classes from: set model.num_classes.")
     ckpt = checkpoint or cfg.model.checkpoint
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"model.checkpoint {ckpt} does not exist. Train one with `repint train CONFIG`.")
@@ -62,6 +75,7 @@ def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) 
         "allow_nonlinear_head": cfg.model.allow_nonlinear_head,
         "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
     }
+    validate_model(model)
     out = Path(out_dir).resolve()
     return RunSpec(
         store=cfg.store or str(out / "store.zarr"), storage_options=cfg.storage_options, out_dir=str(out),

@@ -24,7 +24,7 @@ def kmeans_centres(features: np.ndarray, n_clusters: int, seed: int = 0) -> Cent
     """k-means with ``n_clusters`` (clamped to the number of images) on ``features`` ``[N, ...]``."""
     flat = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     k = min(n_clusters, len(flat))
-    km = KMeans(n_clusters=k, random_state=seed, n_init=3).fit(flat)
+    km = KMeans(n_clusters=k, random_state=seed, n_init="auto").fit(flat)  # k-means++, one init
     centres = km.cluster_centers_.astype(np.float32)
     return Centres(centres=centres, labels=km.labels_.astype(np.int64),
                    input_index=assign_nearest(centres, flat))

@@ -32,6 +32,7 @@ class ModelConfig(_Strict):
     architecture: str = "vgg-small"
     checkpoint: str | None = None
     layer: str | None = Field(None, description="the layer whose output is psi (default for vgg-small)")
+    num_classes: int | None = Field(None, ge=2, description="output classes (default: the data's class count)")
     allow_nonlinear_head: bool = False
 
 

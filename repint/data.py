@@ -170,11 +170,15 @@ class ArraySource(ImageSource):
             labels = z["labels"] if "labels" in z else np.full(len(images), -1)
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"{self.path}: images must be [N, 1|3, H, W], got {images.shape}.")
-        images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+        uint8 = images.dtype == np.uint8
+        images = images.astype(np.float32, copy=False)
+        if uint8:
+            images /= 255.0
         self._images = np.repeat(images, 3, axis=1) if images.shape[1] == 1 else images
         self.labels = labels.astype(np.int64)
         self.ids = [f"{Path(self.path).name}/{i}" for i in range(len(images))]
-        self.class_names = [str(c) for c in sorted(set(self.labels.tolist()))]
+        known = sorted(set(self.labels.tolist()) - {-1})
+        self.class_names = [str(c) for c in range(max(known) + 1)] if known else []
 
     def load(self, indices: np.ndarray) -> np.ndarray:
         return self._images[np.asarray(indices)]

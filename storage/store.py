@@ -93,14 +93,16 @@ class FeatureStore:
         stages = dict(self.root.attrs.get("stages", {}))
         info = stages.get(stage)
         done_path = f"_done/{stage}"
+        epoch = (info or {}).get("epoch")
         if info is None or info.get("fingerprint") != fingerprint or done_path not in self.root \
-                or self.root[done_path].shape != (n_units,):
+                or self.root[done_path].shape != (n_units,) or not epoch:
             for path in [*arrays, done_path]:
                 if path in self.root:
                     del self.root[path]
             # one chunk per unit: concurrent writers of different units never touch the same object
             self.root.create_array(done_path, shape=(n_units,), chunks=(1,), dtype=bool, fill_value=False)
-        stages[stage] = {"fingerprint": fingerprint, "complete": False}
+            epoch = uuid.uuid4().hex[:12]  # a reset stage invalidates every cached unit result
+        stages[stage] = {"fingerprint": fingerprint, "complete": False, "epoch": epoch}
         self.root.attrs["stages"] = stages
 
     def pending_units(self, stage: str) -> list[int]:

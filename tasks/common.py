@@ -84,10 +84,12 @@ def device(spec: RunSpec) -> torch.device:
 
 
 def unit_key(stage: str) -> Any:
-    """A Prefect ``cache_key_fn``: the store's identity, the stage's input fingerprint and the unit.
+    """A Prefect ``cache_key_fn``: the store's identity, the stage's input fingerprint and epoch, and
+    the unit.
 
-    A store that is deleted and recreated gets a new ``store_id``, and changed inputs give a new
-    stage fingerprint, so no stale cache entry is ever trusted."""
+    A store that is deleted and recreated gets a new ``store_id``, changed inputs give a new stage
+    fingerprint, and a stage that is reset for any reason gets a new epoch, so no cache entry is
+    trusted for a unit whose data is not in the store."""
 
     def key(context: Any, parameters: dict[str, Any]) -> str | None:
         spec = parameters["spec"]
@@ -101,7 +103,8 @@ def unit_key(stage: str) -> Any:
         if not info:
             return None
         unit = [f"{k}={v}" for k, v in sorted(parameters.items()) if k != "spec"]
-        return "-".join([context.task.name, attrs["store_id"], stage_name, info["fingerprint"], *unit])
+        return "-".join([context.task.name, attrs["store_id"], stage_name, info["fingerprint"],
+                         str(info.get("epoch")), *unit])
 
     return key
 
@@ -114,3 +117,23 @@ def batched_forward(module: torch.nn.Module, x: np.ndarray, batch_size: int, dev
         for i in range(0, len(x), batch_size):
             outs.append(module(torch.as_tensor(x[i: i + batch_size], device=dev)).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_memory() -> None:
+    """Hand memory freed by a chunk back to the OS (glibc ``malloc_trim``, as Dask's ``trim_memory``
+    does), so that a long ingest's resident size stays bounded by one chunk's working set."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -13,6 +13,7 @@ from repint.tasks.common import (
     load_split,
     logger,
     open_store,
+    release_memory,
     source,
     unit_key,
 )
@@ -67,6 +68,8 @@ def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     store.root[f"{split}/logits"][lo:hi] = logits
     store.root[f"{split}/predictions"][lo:hi] = logits.argmax(1)
     store.mark_unit_done(f"ingest-{split}", chunk)
+    del images, feats, logits
+    release_memory()
     return {"split": split, "chunk": chunk, "n": hi - lo}
 
 

@@ -3,6 +3,10 @@ computed with the ``grad-cam`` package and reused on other images."""
 
 from __future__ import annotations
 
+import copy
+import threading
+import weakref
+
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM as _GradCAM
@@ -11,15 +15,38 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from repint.methods.base import CAMMethod, InterpretationInput, register
 
+_HOOK_LOCK = threading.Lock()
+_PRIVATE: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], torch.nn.Module]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _private_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` used only under ``_HOOK_LOCK``: CAM hooks registered on it can never see,
+    or be seen by, forward passes that other threads run on the shared model. The copy is renewed
+    whenever a parameter or buffer of the model changed in place (training, ``load_state_dict``)."""
+    version = tuple(t._version for t in (*model.parameters(), *model.buffers()))
+    cached = _PRIVATE.get(model)
+    if cached is None or cached[0] != version:
+        cached = (version, copy.deepcopy(model).eval())
+        _PRIVATE[model] = cached
+    return cached[1]
+
 
 def cam_weights_at_input(cam_cls: type[BaseCAM], inp: InterpretationInput) -> np.ndarray:
-    """Run one of pytorch-grad-cam's CAM classes on the input image and return its channel weights."""
-    layer = inp.model.get_submodule(inp.layer)
-    x = torch.as_tensor(inp.image[None], dtype=torch.float32)
+    """Run one of pytorch-grad-cam's CAM classes on the input image and return its channel weights.
+
+    Thread-safe: runs on a private copy of the model, one call at a time."""
+    with _HOOK_LOCK:
+        return _cam_weights(cam_cls, _private_copy(inp.model), inp)
+
+
+def _cam_weights(cam_cls: type[BaseCAM], model: torch.nn.Module, inp: InterpretationInput) -> np.ndarray:
+    layer = model.get_submodule(inp.layer)
+    x = torch.as_tensor(inp.image[None], dtype=torch.float32, device=next(model.parameters()).device)
     target = ClassifierOutputTarget(int(inp.predicted_class))
-    with torch.enable_grad(), cam_cls(model=inp.model, target_layers=[layer]) as cam:
+    with torch.enable_grad(), cam_cls(model=model, target_layers=[layer]) as cam:
         out = cam.activations_and_grads(x)
-        inp.model.zero_grad()
+        model.zero_grad()
         target(out[0]).backward()
         acts = cam.activations_and_grads.activations[0].numpy()
         grads = cam.activations_and_grads.gradients[0].numpy()

@@ -7,6 +7,7 @@ Each flow can run alone on an existing store; a re-run with the same inputs does
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from repint.tasks.solve import prepare_polytopes, solve_centre
 from repint.tasks.train import train_model
 from tqdm import tqdm
 
-__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "task_runner"]
+__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "run_config", "task_runner"]
 
 
 def track(futures: Sequence[PrefectFuture], key: str, description: str) -> list[Any]:
@@ -62,12 +63,23 @@ def task_runner(spec: RunSpec) -> Any:
         return ThreadPoolTaskRunner(max_workers=rt.get("n_workers", 2))
     from prefect_dask import DaskTaskRunner
 
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # keep Dask's INFO/WARNING chatter out of the logs
     if rt.get("dask_address"):
         return DaskTaskRunner(address=rt["dask_address"])
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": rt.get("n_workers", 2), "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-        "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
+        "dashboard_address": "127.0.0.1:0", "silence_logs": logging.ERROR, "env": _worker_env()})
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment for local Dask workers: the Prefect API this flow reports to. Without it, each
+    worker process would start a temporary Prefect server of its own (seconds each), and its task
+    runs would not show up on the run's server."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    url = os.environ.get("PREFECT_API_URL") or (str(ctx.client.api_url) if ctx and ctx.client else "")
+    return {"PREFECT_API_URL": url} if url else {}
 
 
 @flow(name="ingest", flow_run_name="ingest-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -152,3 +164,13 @@ def pipeline(spec: RunSpec) -> dict[str, Any]:
     extra = {"model_training": {k: meta[k] for k in ("train_accuracy", "test_accuracy", "train_seconds")
                                 if k in meta}} if meta else {}
     return write_report(spec, result, timings, extra)
+
+
+@flow(name="run-config", flow_run_name="run-{config}")
+def run_config(config: str, out: str) -> dict[str, Any]:
+    """Entry point for deployments: the `pipeline` on a YAML config (paths relative to the config)."""
+    from repint.flows.spec import build_spec
+
+    from repint.config import load_config
+
+    return pipeline(build_spec(load_config(config), out))

@@ -1,0 +1,127 @@
+"""End-to-end: the `pipeline` flow on a small digits subset under a Prefect test harness, checking
+the store against recomputation and the summary against the stored records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from repint.storage import FeatureStore
+
+from repint.config import Config
+from repint.metrics import AverageDropIncrease
+from repint.signs import sign_bits, unpack_signs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(prefect_harness, repint_cache, tmp_path_factory):
+    from repint.flows import pipeline
+    from repint.flows.spec import build_spec
+
+    cfg = Config(name="e2e")
+    cfg.data.limit = 240
+    cfg.interpretation.interpretations_per_class = 2
+    cfg.interpretation.q = 30
+    cfg.runtime.chunk_size = 64
+    cfg.runtime.task_runner = "dask"  # the default: a local Dask cluster on 127.0.0.1
+    out = tmp_path_factory.mktemp("demo")
+    spec = build_spec(cfg, out)
+    summary = pipeline(spec)
+    return out, summary, FeatureStore(str(out / "store.zarr"), mode="r")
+
+
+def test_summary_file_matches_returned_summary(demo_run):
+    out, summary, _ = demo_run
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("dataset", "model", "layer", "n_reference", "n_unseen", "n_classes", "n_interpretations",
+                "q_sampling", "n_boundaries", "methods", "timings_s"):
+        assert key in on_disk, key
+    assert on_disk["dataset"] == "digits"
+    assert on_disk["n_classes"] == 10
+    assert on_disk["n_interpretations"] == 20
+    assert on_disk["n_boundaries"] == 30
+    assert set(on_disk["methods"]) == {"RI", "Grad-CAM"}
+    assert on_disk["methods"]["RI"]["mAD"] == summary["methods"]["RI"]["mAD"]
+    assert 0 <= on_disk["methods"]["RI"]["covered_unseen"] <= on_disk["n_unseen"]
+    for fig in on_disk["figures"]:
+        assert (out / fig["png"]).stat().st_size > 1000
+
+
+def test_store_layout_and_stages(demo_run):
+    _, summary, store = demo_run
+    n, n_u = summary["n_reference"], summary["n_unseen"]
+    assert n == 240 and n_u == 240
+    feats = store.read("reference/features")
+    assert feats.shape[0] == n and feats.ndim == 4
+    assert store.root["reference/features"].chunks[0] == 64
+    assert store.read("reference/predictions").shape == (n,)
+    assert store.read("reference/ids").shape == (n,)
+    assert store.shape("signs/reference") == (n, -(-30 // 8))
+    stages = store.attrs["stages"]
+    for stage in ("ingest-reference", "ingest-unseen", "centres", "boundaries", "signs-reference", "signs-unseen",
+                  "polytopes", "interpret-RI", "evaluate-RI", "interpret-Grad-CAM", "evaluate-Grad-CAM"):
+        assert stages[stage]["complete"], stage
+
+
+def test_sign_bits_equal_recomputation(demo_run):
+    _, _, store = demo_run
+    W, b = store.read("boundaries/W"), store.read("boundaries/b")
+    for split in ("reference", "unseen"):
+        expected = sign_bits(store.read(f"{split}/features"), W, b)
+        np.testing.assert_array_equal(store.read(f"signs/{split}"), expected)
+
+
+def test_polytopes_cover_their_input_and_satisfy_delta(demo_run):
+    _, _, store = demo_run
+    m = store.shape("boundaries/b")[0]
+    signs = unpack_signs(store.read("signs/reference"), m)
+    preds = store.read("reference/predictions")
+    inputs = store.read("centres/input_index")
+    ids_all, orient_all = store.read("polytopes/boundaries"), store.read("polytopes/orientation")
+    for v, x in enumerate(inputs):
+        ids = ids_all[v][ids_all[v] >= 0]
+        covered = (signs[:, ids] == orient_all[v][: len(ids)]).all(axis=1)
+        np.testing.assert_array_equal(covered, store.read("polytopes/covered", v))
+        assert covered[x]
+        other = preds != preds[x]
+        assert (covered & other).sum() <= store.read("polytopes/tau")[v]
+        assert len(set(ids.tolist())) == len(ids)
+
+
+def test_ad_ai_recomputed_from_records(demo_run):
+    _, summary, store = demo_run
+    for method in ("RI", "Grad-CAM"):
+        metric = AverageDropIncrease()
+        metric.update(store.read(f"evaluation/{method}/y"), store.read(f"evaluation/{method}/y_masked"))
+        s = metric.summary()
+        assert s["AD"] == pytest.approx(summary["methods"][method]["mAD"], abs=1e-3)
+        assert s["AI"] == pytest.approx(summary["methods"][method]["mAI"], abs=1e-3)
+        kept = store.read(f"evaluation/{method}/kept_fraction")
+        assert np.allclose(kept, 205 / 1024)  # exactly round(0.2 * 32 * 32) pixels kept
+
+
+def test_rerun_does_no_work_twice(demo_run, prefect_harness):
+    from repint.flows import pipeline
+    from repint.flows.spec import build_spec
+
+    out, summary, store = demo_run
+    before = {k: v["fingerprint"] for k, v in store.attrs["stages"].items()}
+    chunk_files = sorted((out / "store.zarr").glob("*/*/c/**/*"))
+    chunk_files = [p for p in chunk_files if p.is_file()]
+    assert chunk_files
+    mtimes = {p: p.stat().st_mtime_ns for p in chunk_files}
+    cfg = Config(name="e2e")
+    cfg.data.limit = 240
+    cfg.interpretation.interpretations_per_class = 2
+    cfg.interpretation.q = 30
+    cfg.runtime.chunk_size = 64
+    cfg.runtime.task_runner = "threads"
+    again = pipeline(build_spec(cfg, out))
+    assert again["methods"] == summary["methods"]
+    store2 = FeatureStore(str(out / "store.zarr"), mode="r")
+    assert {k: v["fingerprint"] for k, v in store2.attrs["stages"].items()} == before
+    # no chunk of features, signs, polytopes or evaluation records was written again
+    assert {p: p.stat().st_mtime_ns for p in chunk_files} == mtimes
