@@ -18,7 +18,7 @@ __all__ = ["TrainResult", "VGGNet", "build_model", "load_checkpoint", "resolve_d
 
 
 class VGGNet(nn.Module):
-    """A small VGG-style CNN: ``blocks`` of two 3x3 ReLU convolutions and a max-pool, then a head of
+    """A small VGG-style CNN: blocks of two 3x3 convolutions (batch-norm, ReLU) and a max-pool, then a head of
     two hidden ReLU linear layers (so that ``G`` is piecewise linear with many regions).
 
     The default ψ is ``features.<last ReLU>``: the ReLU after the last convolution, before the last
@@ -31,8 +31,8 @@ class VGGNet(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for w in widths:
-            layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
             c = w
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(widths)

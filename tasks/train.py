@@ -19,7 +19,7 @@ from repint.data import source_from_spec
 from repint.model import Classifier
 from repint.nets import build_model, train_classifier
 
-TRAIN_CODE_VERSION = 1
+TRAIN_CODE_VERSION = 2
 
 
 def cache_dir() -> Path:

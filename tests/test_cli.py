@@ -39,7 +39,7 @@ def folder_config(tmp_path_factory):
     cfg = {
         "data": {"kind": "imagefolder", "reference": "train", "unseen": "test", "image_size": 32},
         "model": {"architecture": "vgg-small", "checkpoint": "model.pt"},
-        "train": {"epochs": 4, "batch_size": 16},
+        "train": {"epochs": 10, "batch_size": 16},
         "interpretation": {"q": 60, "interpretations_per_class": 2},  # q > 48 reference images: clamped
         "runtime": {"task_runner": "threads", "chunk_size": 16},
     }
@@ -100,7 +100,7 @@ def test_unknown_layer_lists_layers(tmp_path, capsys, prefect_harness, repint_ca
 
 def test_non_piecewise_linear_head_is_refused(tmp_path, capsys, prefect_harness):
     cfg = _write(tmp_path / "c.yaml", {"data": {"limit": 60}, "model": {"architecture": "_models:gelu_head_net",
-                                                                         "layer": "features.12"}})
+                                                                         "layer": "features.19"}})
     assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "classifier.2" in err and "GELU" in err
@@ -108,7 +108,7 @@ def test_non_piecewise_linear_head_is_refused(tmp_path, capsys, prefect_harness)
 
 def test_one_predicted_class_is_refused(tmp_path, capsys, prefect_harness):
     cfg = _write(tmp_path / "c.yaml", {"data": {"limit": 60}, "model": {"architecture": "_models:one_class_net",
-                                                                         "layer": "features.12"},
+                                                                         "layer": "features.19"},
                                        "runtime": {"task_runner": "threads"}})
     assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert "at least two predicted classes" in capsys.readouterr().err

@@ -21,8 +21,8 @@ def test_registry():
     assert isinstance(ri, CAMMethod) and isinstance(gc, CAMMethod)
     # A fresh instance per call.
     assert get_method("RI") is not ri
-    with pytest.raises(ValueError, match="Unknown method 'Score-CAM'") as err:
-        get_method("Score-CAM")
+    with pytest.raises(ValueError, match="Unknown method 'Nope-CAM'") as err:
+        get_method("Nope-CAM")
     assert "RI" in str(err.value) and "Grad-CAM" in str(err.value)
 
 

@@ -157,10 +157,10 @@ def test_skip_connection_across_the_split_is_refused():
 def test_vggnet_psi_layer():
     torch.manual_seed(4)
     net = VGGNet(num_classes=3, in_channels=3, widths=(4, 8), image_size=16, hidden=(16, 8)).eval()
-    # 2 blocks of (conv, relu, conv, relu, pool): ψ is the 9th layer, the ReLU before the last pool.
-    assert net.psi_layer == "features.8"
-    assert isinstance(net.features[8], nn.ReLU)
-    assert isinstance(net.features[9], nn.MaxPool2d)
+    # 2 blocks of (conv, bn, relu, conv, bn, relu, pool): ψ is the 13th layer, the ReLU before the last pool.
+    assert net.psi_layer == "features.12"
+    assert isinstance(net.features[12], nn.ReLU)
+    assert isinstance(net.features[13], nn.MaxPool2d)
     sm = split_model(net, net.psi_layer)
     assert sm.affine is False
     x = images(3, 16)
@@ -189,4 +189,4 @@ def test_split_a_classifier_wrapped_vggnet():
     x = images(2, 8)
     with torch.no_grad():
         torch.testing.assert_close(sm.head(sm.psi(x)), clf(x))
-        torch.testing.assert_close(sm.psi(x), net.features[:4]((x - 0.5) / 0.25))
+        torch.testing.assert_close(sm.psi(x), net.features[:6]((x - 0.5) / 0.25))

@@ -125,3 +125,32 @@ def test_rerun_does_no_work_twice(demo_run, prefect_harness):
     assert {k: v["fingerprint"] for k, v in store2.attrs["stages"].items()} == before
     # no chunk of features, signs, polytopes or evaluation records was written again
     assert {p: p.stat().st_mtime_ns for p in chunk_files} == mtimes
+
+
+def test_boundary_search_variant(prefect_harness, repint_cache, tmp_path):
+    """The authors' variant: a Q of its own per input, walked to the decision boundary."""
+    from repint.flows import pipeline
+    from repint.flows.spec import build_spec
+
+    cfg = Config(name="e2e-bs")
+    cfg.data.limit = 150
+    cfg.interpretation.interpretations_per_class = 1
+    cfg.interpretation.q = 12
+    cfg.interpretation.q_sampling = "boundary-search"
+    cfg.runtime.task_runner = "threads"
+    summary = pipeline(build_spec(cfg, tmp_path))
+    store = FeatureStore(str(tmp_path / "store.zarr"), mode="r")
+    owner = store.read("boundaries/owner")
+    v = summary["n_interpretations"]
+    assert summary["q_sampling"] == "boundary-search"
+    assert np.bincount(owner, minlength=v).tolist() == [12] * v
+    preds = store.read("reference/predictions")
+    source = store.read("boundaries/source")
+    inputs = store.read("centres/input_index")
+    # each boundary was walked towards a reference image of another class than its owner's input
+    assert (preds[source] != preds[inputs[owner]]).all()
+    ids = store.read("polytopes/boundaries")
+    for c in range(v):
+        chosen = ids[c][ids[c] >= 0]
+        assert (owner[chosen] == c).all()
+    assert set(summary["methods"]) == {"RI", "Grad-CAM"}

@@ -1,7 +1,9 @@
 """Interpretation methods, registered by name (``evaluation.methods`` in the config selects them)."""
 
 from repint.methods import gradcam as _gradcam  # noqa: F401  (registers Grad-CAM)
+from repint.methods import gradcampp as _gradcampp  # noqa: F401  (registers Grad-CAM++)
 from repint.methods import ri as _ri  # noqa: F401  (registers RI)
+from repint.methods import scorecam as _scorecam  # noqa: F401  (registers Score-CAM)
 from repint.methods.base import (
     CAMMethod,
     InterpretationInput,

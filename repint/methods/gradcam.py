@@ -54,6 +54,20 @@ def _cam_weights(cam_cls: type[BaseCAM], model: torch.nn.Module, inp: Interpreta
     return np.asarray(weights, dtype=np.float64).reshape(1, -1)
 
 
+def layer_activations(model: torch.nn.Module, layer: str, image: np.ndarray) -> np.ndarray:
+    """The activations ``[K, h, w]`` of ``layer`` for one image (a hook on a private model copy)."""
+    with _HOOK_LOCK:
+        private = _private_copy(model)
+        out: list[torch.Tensor] = []
+        handle = private.get_submodule(layer).register_forward_hook(lambda m, i, o: out.append(o.detach()))
+        try:
+            with torch.no_grad():
+                private(torch.as_tensor(image[None], dtype=torch.float32, device=next(private.parameters()).device))
+        finally:
+            handle.remove()
+    return out[0][0].cpu().numpy()
+
+
 @register
 class GradCAM(CAMMethod):
     name = "Grad-CAM"

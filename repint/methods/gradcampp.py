@@ -1,0 +1,22 @@
+r"""Grad-CAM++ (Chattopadhyay et al. 2018): with gradients :math:`g = ∂y_c/∂A` at the input image,
+
+.. math:: a^{k}_{ij} = \frac{g_{ij}^2}{2 g_{ij}^2 + \sum_{ab} A^k_{ab}\, g_{ij}^3}, \qquad
+          α_k = \sum_{ij} a^k_{ij}\, \mathrm{ReLU}(g_{ij})
+
+computed with the ``grad-cam`` package and reused on other images."""
+
+from __future__ import annotations
+
+import numpy as np
+from pytorch_grad_cam import GradCAMPlusPlus as _GradCAMPlusPlus
+
+from repint.methods.base import CAMMethod, InterpretationInput, register
+from repint.methods.gradcam import cam_weights_at_input
+
+
+@register
+class GradCAMPlusPlus(CAMMethod):
+    name = "Grad-CAM++"
+
+    def channel_weights(self, inp: InterpretationInput) -> np.ndarray:
+        return cam_weights_at_input(_GradCAMPlusPlus, inp)
