@@ -8,6 +8,7 @@ from repint.storage import fingerprint_params
 from repint.tasks.common import (
     RunSpec,
     batched_forward,
+    bound_chunk_memory,
     chunks,
     device,
     load_split,
@@ -55,6 +56,7 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
 def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     """ψ, logits and predictions of one chunk of images, written to its own Zarr chunks, then the
     chunk's completion record."""
+    bound_chunk_memory()
     store, src, sm = open_store(spec), source(spec, split), load_split(spec)
     lo, hi = chunks(len(src), spec.chunk_size)[chunk]
     images = src.load(np.arange(lo, hi))
