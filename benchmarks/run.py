@@ -140,11 +140,11 @@ def ingest_child(args: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: the ingest flow's work for the reference split, its tasks called
     directly (``.fn``, no Prefect), with the memory accounted step by step (KiB)."""
     import torch  # noqa: F401  (imported before the baseline: its import is not the ingest's)
+
+    from repint.config import Config
     from repint.flows.spec import build_spec
     from repint.tasks.common import load_split, source
     from repint.tasks.ingest import finish_stage, ingest_chunk, prepare_ingest
-
-    from repint.config import Config
 
     mem = {"after_imports": rss_kib()}
     cfg = Config(name="bench")

@@ -3,7 +3,7 @@ not pull in Prefect, Dask and every task."""
 
 from typing import Any
 
-__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "run_config"]
+__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "run_config", "study"]
 
 
 def __getattr__(name: str) -> Any:

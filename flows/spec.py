@@ -7,11 +7,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from repint.tasks.common import RunSpec
-
 from repint.config import Config
 from repint.data import ArraySource, DigitsSource, ImageFolderSource, ImageSource
 from repint.nets import VGGNet
+from repint.tasks.common import RunSpec
 
 
 def data_sources(cfg: Config) -> tuple[ImageSource, ImageSource, str]:

@@ -6,8 +6,6 @@ import warnings
 
 import numpy as np
 from prefect import task
-from repint.storage import fingerprint_params
-from repint.tasks.common import RunSpec, chunks, device, load_split, logger, open_store, unit_key
 
 from repint.boundaries import (
     QClampWarning,
@@ -17,6 +15,8 @@ from repint.boundaries import (
     sample_reference_points,
 )
 from repint.signs import sign_bits
+from repint.storage import fingerprint_params
+from repint.tasks.common import RunSpec, chunks, device, load_split, logger, open_store, unit_key
 
 
 def boundaries_fingerprint(spec: RunSpec) -> str:
@@ -70,7 +70,7 @@ def sample_boundaries(spec: RunSpec) -> dict:
     store.write("boundaries/top2", b.top2)
     store.write("boundaries/source", source)
     store.write("boundaries/owner", owner)
-    store.set_attrs(q_clamped=clamped, n_distinct_boundaries=int(distinct))
+    store.set_attrs(q_clamped=clamped, n_distinct_boundaries=int(distinct), interpretation=spec.interpretation)
     store.mark_unit_done("boundaries", 0)
     store.finish_stage("boundaries")
     return {"n_boundaries": len(b), "distinct": int(distinct), "clamped": len(clamped)}

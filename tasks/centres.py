@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import task
-from repint.storage import fingerprint_params
-from repint.tasks.common import RunSpec, open_store
 
 from repint.centres import kmeans_centres
+from repint.storage import fingerprint_params
+from repint.tasks.common import RunSpec, open_store
 
 
 def centres_fingerprint(spec: RunSpec) -> str:

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
-from repint.storage import FeatureStore
 
 from repint.data import ImageSource, source_from_spec
 from repint.model import Classifier, SplitModel, split_model
 from repint.nets import build_model, load_checkpoint, resolve_device
+from repint.storage import FeatureStore
 
 __all__ = ["RunSpec", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
 

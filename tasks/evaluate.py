@@ -6,6 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from prefect import task
+
+from repint.centres import assign_nearest
+from repint.methods import InterpretationInput, get_method
+from repint.metrics import AverageDropIncrease, mask_images
+from repint.signs import unpack_signs
 from repint.storage import fingerprint_params
 from repint.tasks.common import (
     RunSpec,
@@ -17,11 +22,6 @@ from repint.tasks.common import (
     source,
     unit_key,
 )
-
-from repint.centres import assign_nearest
-from repint.methods import InterpretationInput, get_method
-from repint.metrics import AverageDropIncrease, mask_images
-from repint.signs import unpack_signs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import task
+
+import repint
 from repint.storage import fingerprint_params
 from repint.tasks.common import (
     RunSpec,
@@ -44,7 +46,9 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
     store.require(f"{split}/predictions", (n,), "i8", (cs,), fill_value=-1)
     store.write(f"{split}/ids", np.asarray(src.ids, dtype=str))
     store.write(f"{split}/labels", src.labels)
-    store.set_attrs(**{f"skipped_{split}": src.skipped, f"data_{split}": src.spec()})
+    store.set_attrs(**{f"skipped_{split}": src.skipped, f"data_{split}": src.spec(),
+                       f"data_fingerprint_{split}": src.fingerprint()},
+                    model=spec.model, code_version=repint.__version__)
     if src.skipped:
         logger().warning(f"{len(src.skipped)} {split} images do not decode and are skipped, e.g. "
                          f"{src.skipped[0]['id']}: {src.skipped[0]['reason']}")

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from repint.tasks.common import RunSpec, open_store, source
-from repint.tasks.evaluate import load_interpretation
 
 from repint.methods import get_method
 from repint.ranking import rank_similar
+from repint.tasks.common import RunSpec, open_store, source
+from repint.tasks.evaluate import load_interpretation
 
 
 def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import task
-from repint.storage import fingerprint_params
-from repint.tasks.common import RunSpec, open_store, unit_key
 
 from repint.signs import unpack_signs
 from repint.solver import greedy_polytope
+from repint.storage import fingerprint_params
+from repint.tasks.common import RunSpec, open_store, unit_key
 
 
 def boundary_columns(owner: np.ndarray, centre: int) -> np.ndarray:

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import task
-from repint.storage import fingerprint_params
-from repint.tasks.common import batched_forward, logger
 
 from repint.data import source_from_spec
 from repint.model import Classifier
 from repint.nets import build_model, train_classifier
+from repint.storage import fingerprint_params
+from repint.tasks.common import batched_forward, logger
 
 TRAIN_CODE_VERSION = 2
 

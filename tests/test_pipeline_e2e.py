@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from repint.storage import FeatureStore
 
 from repint.config import Config
 from repint.metrics import AverageDropIncrease
 from repint.signs import sign_bits, unpack_signs
+from repint.storage import FeatureStore
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from repint.storage import FeatureStore, StoreError
 
 from repint.config import Config
+from repint.storage import FeatureStore, StoreError
 
 
 def test_stage_lifecycle_resume_and_reset(tmp_path):
