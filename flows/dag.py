@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ def track(futures: Sequence[PrefectFuture], key: str, description: str) -> list[
     if not futures:
         return []
     total = len(futures)
+    key = re.sub(r"[^a-z0-9-]+", "-", key.lower().replace("+", "p"))  # Prefect artifact keys: [a-z0-9-]
     art = create_progress_artifact(progress=0.0, key=key, description=description)
     results, step = [], max(1, total // 20)
     with tqdm(total=total, desc=description, file=sys.stderr, leave=False,
