@@ -57,6 +57,7 @@ class EvaluationConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["RI", "Grad-CAM"])
     keep_fraction: float = Field(0.2, gt=0, lt=1)
     case_studies: int = Field(3, ge=0)
+    ace_images: int = Field(20, ge=2, description="ACE: discovery images per cluster (and random images)")
     runs: int = Field(1, ge=1, description="repeat interpretation and evaluation with seeds seed, seed+1, ...")
 
 

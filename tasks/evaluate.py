@@ -68,10 +68,31 @@ def interpretation_input(spec: RunSpec, store, centre: int, method: str) -> Inte
         ids = ids[ids >= 0]
         W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None))) if len(ids) else np.zeros((0, 1))
         b = store.read("boundaries/b")[ids]
+    cluster = rand = None
+    if get_method(method).needs_cluster:
+        cluster, rand = cluster_images(spec, store, centre)
     return InterpretationInput(
+        cluster_images=cluster, random_images=rand,
         model=sm.model, layer=sm.layer, image=source(spec, "reference").load(np.array([x]))[0],
         features=store.read("reference/features", x), predicted_class=int(store.read("reference/predictions", x)),
         boundaries_W=W, boundaries_b=b, orient=bool(spec.interpretation.get("orient", True)))
+
+
+def cluster_images(spec: RunSpec, store, centre: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The images of a centre's k-means cluster nearest its centre (ACE's discovery images, at most
+    ``evaluation.ace_images``) and as many random reference images of other clusters."""
+    n_max = int(spec.evaluation.get("ace_images", 20))
+    labels = store.read("centres/labels")
+    members = np.flatnonzero(labels == centre)
+    feats = store.root["reference/features"]
+    c = store.read("centres/vectors", centre)
+    d = np.linalg.norm(feats.get_orthogonal_selection((members,)).reshape(len(members), -1) - c, axis=1)
+    chosen = np.sort(members[np.argsort(d, kind="stable")[:n_max]])
+    others = np.flatnonzero(labels != centre)
+    rng = np.random.default_rng(int(spec.interpretation.get("seed", 0)) * 1000 + centre)
+    rand = np.sort(rng.choice(others, size=min(n_max, len(others)), replace=False))
+    src = source(spec, "reference")
+    return src.load(chosen), src.load(rand)
 
 
 @task(name="prepare-interpretations", task_run_name="prepare-interpretations-{method}")
@@ -127,6 +148,8 @@ def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
     """Mask one chunk of unseen images by the method's reused interpretation, run the model on the
     masked images in batches, and store ``Y_c(e)`` and ``Y_c(e')``."""
     store, m = open_store(spec), get_method(method)
+    sm = load_split(spec)
+    m.bind(sm.model, sm.layer)
     n = store.shape("unseen/predictions")[0]
     lo, hi = chunks(n, spec.chunk_size)[chunk]
     idx = np.arange(lo, hi)
@@ -142,7 +165,6 @@ def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
         sel = centre == v
         keep[sel] = m.keep_masks(load_interpretation(store, method, int(v)), images[sel], feats[sel], fraction)
     masked = mask_images(images, keep)
-    sm = load_split(spec)
     with torch.no_grad():
         out = batched_forward(sm.model, masked, int(spec.runtime["batch_size"]), device(spec))
     y = softmax(logits)[np.arange(len(idx)), cls]

@@ -1,5 +1,6 @@
 """Interpretation methods, registered by name (``evaluation.methods`` in the config selects them)."""
 
+from repint.methods import ace as _ace  # noqa: F401  (registers ACE)
 from repint.methods import gradcam as _gradcam  # noqa: F401  (registers Grad-CAM)
 from repint.methods import gradcampp as _gradcampp  # noqa: F401  (registers Grad-CAM++)
 from repint.methods import ri as _ri  # noqa: F401  (registers RI)

@@ -35,12 +35,22 @@ class InterpretationInput:
     boundaries_W: np.ndarray | None = None
     boundaries_b: np.ndarray | None = None
     orient: bool = True
+    cluster_images: np.ndarray | None = None
+    random_images: np.ndarray | None = None
 
 
 class Method(ABC):
     """One interpretation method, registered by :attr:`name`."""
 
     name: ClassVar[str]
+    needs_cluster: ClassVar[bool] = False  # interpret() needs the cluster's images (ACE)
+    model: nn.Module | None = None
+    layer: str = ""
+
+    def bind(self, model: nn.Module, layer: str) -> Method:
+        """The model and ψ layer, for methods that run the model when reusing an interpretation."""
+        self.model, self.layer = model, layer
+        return self
 
     @abstractmethod
     def interpret(self, inp: InterpretationInput) -> dict[str, np.ndarray]:

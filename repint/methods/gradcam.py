@@ -68,6 +68,22 @@ def layer_activations(model: torch.nn.Module, layer: str, image: np.ndarray) -> 
     return out[0][0].cpu().numpy()
 
 
+def layer_activations_batch(model: torch.nn.Module, layer: str, images: np.ndarray, batch: int = 128) -> np.ndarray:
+    """The activations ``[n, K, h, w]`` of ``layer`` for images ``[n, C, H, W]``, in batches."""
+    with _HOOK_LOCK:
+        private = _private_copy(model)
+        out: list[torch.Tensor] = []
+        handle = private.get_submodule(layer).register_forward_hook(lambda m, i, o: out.append(o.detach().cpu()))
+        dev = next(private.parameters()).device
+        try:
+            with torch.no_grad():
+                for i in range(0, len(images), batch):
+                    private(torch.as_tensor(images[i: i + batch], dtype=torch.float32, device=dev))
+        finally:
+            handle.remove()
+    return torch.cat(out).numpy() if out else np.zeros((0,), np.float32)
+
+
 @register
 class GradCAM(CAMMethod):
     name = "Grad-CAM"
