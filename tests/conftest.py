@@ -31,3 +31,17 @@ def repint_cache(tmp_path_factory):
         os.environ.pop("REPINT_CACHE", None)
     else:
         os.environ["REPINT_CACHE"] = old
+
+
+def tiny_config(limit: int, per_class: int, q: int, runner: str = "threads", **interpretation):
+    """A digits config small enough for an end-to-end test."""
+    from repint.config import Config
+
+    cfg = Config(name="test")
+    cfg.data.limit = limit
+    cfg.interpretation.interpretations_per_class = per_class
+    cfg.interpretation.q = q
+    for key, value in interpretation.items():
+        setattr(cfg.interpretation, key, value)
+    cfg.runtime.task_runner = runner
+    return cfg

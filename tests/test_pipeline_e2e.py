@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from repint.config import Config
 from repint.metrics import AverageDropIncrease
 from repint.signs import sign_bits, unpack_signs
 from repint.storage import FeatureStore
@@ -21,12 +21,8 @@ def demo_run(prefect_harness, repint_cache, tmp_path_factory):
     from repint.flows import pipeline
     from repint.flows.spec import build_spec
 
-    cfg = Config(name="e2e")
-    cfg.data.limit = 240
-    cfg.interpretation.interpretations_per_class = 2
-    cfg.interpretation.q = 30
+    cfg = tiny_config(240, 2, 30, runner="dask")  # the default runner: a local Dask cluster on 127.0.0.1
     cfg.runtime.chunk_size = 64
-    cfg.runtime.task_runner = "dask"  # the default: a local Dask cluster on 127.0.0.1
     out = tmp_path_factory.mktemp("demo")
     spec = build_spec(cfg, out)
     summary = pipeline(spec)
@@ -113,12 +109,8 @@ def test_rerun_does_no_work_twice(demo_run, prefect_harness):
     chunk_files = [p for p in chunk_files if p.is_file()]
     assert chunk_files
     mtimes = {p: p.stat().st_mtime_ns for p in chunk_files}
-    cfg = Config(name="e2e")
-    cfg.data.limit = 240
-    cfg.interpretation.interpretations_per_class = 2
-    cfg.interpretation.q = 30
+    cfg = tiny_config(240, 2, 30)
     cfg.runtime.chunk_size = 64
-    cfg.runtime.task_runner = "threads"
     again = pipeline(build_spec(cfg, out))
     assert again["methods"] == summary["methods"]
     store2 = FeatureStore(str(out / "store.zarr"), mode="r")
@@ -132,12 +124,7 @@ def test_boundary_search_variant(prefect_harness, repint_cache, tmp_path):
     from repint.flows import pipeline
     from repint.flows.spec import build_spec
 
-    cfg = Config(name="e2e-bs")
-    cfg.data.limit = 150
-    cfg.interpretation.interpretations_per_class = 1
-    cfg.interpretation.q = 12
-    cfg.interpretation.q_sampling = "boundary-search"
-    cfg.runtime.task_runner = "threads"
+    cfg = tiny_config(150, 1, 12, q_sampling="boundary-search")
     summary = pipeline(build_spec(cfg, tmp_path))
     store = FeatureStore(str(tmp_path / "store.zarr"), mode="r")
     owner = store.read("boundaries/owner")

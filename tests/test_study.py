@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_config
 
-from repint.config import Config
 from repint.storage import FeatureStore
 
 pytestmark = pytest.mark.slow
@@ -18,11 +18,7 @@ def test_two_runs_aggregate_and_records(prefect_harness, repint_cache, tmp_path)
     from repint.flows import study
     from repint.flows.spec import build_spec
 
-    cfg = Config(name="study")
-    cfg.data.limit = 120
-    cfg.interpretation.interpretations_per_class = 1
-    cfg.interpretation.q = 16
-    cfg.runtime.task_runner = "threads"
+    cfg = tiny_config(120, 1, 16)
     summary = study(build_spec(cfg, tmp_path), runs=2)
 
     per_run = [json.loads((tmp_path / f"run-{i}" / "summary.json").read_text()) for i in range(2)]
