@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from repint.config import Config
-from repint.data import ArraySource, DigitsSource, ImageFolderSource, ImageSource
+from repint.data import ImageSource, source_from_spec
 from repint.nets import VGGNet
 from repint.tasks.common import RunSpec
 
@@ -16,17 +16,21 @@ from repint.tasks.common import RunSpec
 def data_sources(cfg: Config) -> tuple[ImageSource, ImageSource, str]:
     d = cfg.data
     if d.kind == "digits":
-        ref = DigitsSource(split="reference", image_size=d.image_size, limit=d.limit)
-        uns = DigitsSource(split="unseen", image_size=d.image_size, limit=d.limit)
+        ref = source_from_spec({"kind": "digits", "split": "reference", "image_size": d.image_size, "seed": 0,
+                                "unseen_fraction": 0.3, "limit": d.limit})
+        uns = source_from_spec({**ref.spec(), "split": "unseen"})
         return ref, uns, "digits"
     if not d.reference or not d.unseen:
         raise ValueError(f"data.kind: {d.kind} needs both data.reference and data.unseen.")
     if d.kind == "arrays":
-        return ArraySource(path=d.reference), ArraySource(path=d.unseen), Path(d.reference).stem
-    ref = ImageFolderSource(root=d.reference, image_size=d.image_size, per_class=d.reference_per_class,
-                            seed=cfg.interpretation.seed)
-    uns = ImageFolderSource(root=d.unseen, image_size=d.image_size, per_class=d.unseen_per_class,
-                            seed=cfg.interpretation.seed, classes=ref.class_names)
+        return (source_from_spec({"kind": "arrays", "path": d.reference}),
+                source_from_spec({"kind": "arrays", "path": d.unseen}), Path(d.reference).stem)
+    # built through source_from_spec's cache, so the tasks of this process never scan the folder again
+    ref = source_from_spec({"kind": "imagefolder", "root": d.reference, "image_size": d.image_size,
+                            "per_class": d.reference_per_class, "seed": cfg.interpretation.seed, "classes": None})
+    uns = source_from_spec({"kind": "imagefolder", "root": d.unseen, "image_size": d.image_size,
+                            "per_class": d.unseen_per_class, "seed": cfg.interpretation.seed,
+                            "classes": ref.class_names})
     return ref, uns, Path(d.reference).resolve().parent.name or "imagefolder"
 
 

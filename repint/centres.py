@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans
 
-__all__ = ["Centres", "assign_nearest", "kmeans_centres"]
+__all__ = ["Centres", "assign_nearest", "kmeans_centres", "squared_distances"]
 
 
 @dataclass
@@ -30,7 +30,9 @@ def kmeans_centres(features: np.ndarray, n_clusters: int, seed: int = 0) -> Cent
                    input_index=assign_nearest(centres, flat))
 
 
-def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[len(a), len(b)]`` squared Euclidean distances between flattened rows, in float64."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return (a64 ** 2).sum(1)[:, None] - 2 * a64 @ b64.T + (b64 ** 2).sum(1)[None, :]
 
@@ -39,4 +41,4 @@ def assign_nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """For each of ``points`` the index of the nearest of ``centres`` (Euclidean)."""
     p = np.asarray(points, dtype=np.float32).reshape(len(points), -1)
     c = np.asarray(centres, dtype=np.float32).reshape(len(centres), -1)
-    return np.argmin(_sq_dist(p, c), axis=1).astype(np.int64)
+    return np.argmin(squared_distances(p, c), axis=1).astype(np.int64)

@@ -206,5 +206,8 @@ _CACHE: dict[str, ImageSource] = {}
 def _cached(cls: type[ImageSource], args: dict[str, Any]) -> ImageSource:
     key = cls.__name__ + repr(sorted(args.items()))
     if key not in _CACHE:
-        _CACHE[key] = cls(**args)
+        src = cls(**args)
+        _CACHE[key] = src
+        # also under its own spec (e.g. with the resolved class list), which is what tasks ask for
+        _CACHE[cls.__name__ + repr(sorted((k, v) for k, v in src.spec().items() if k != "kind"))] = src
     return _CACHE[key]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from prefect import task
 
-from repint.centres import assign_nearest
+from repint.centres import squared_distances
 from repint.methods import InterpretationInput, get_method
 from repint.metrics import AverageDropIncrease, mask_images
 from repint.signs import unpack_signs
@@ -39,7 +39,8 @@ def assign_unseen(spec: RunSpec) -> dict:
         store.require_complete(stage)
     feats = store.read("unseen/features")
     centres = store.read("centres/vectors")
-    nearest = assign_nearest(feats, centres)
+    dist = squared_distances(feats, centres)
+    nearest = np.argmin(dist, axis=1)
     preds = store.read("unseen/predictions")
     centre_class = store.read("centres/predicted_class")
     m = store.shape("boundaries/b")[0]
@@ -49,9 +50,6 @@ def assign_unseen(spec: RunSpec) -> dict:
     for v in range(len(centres)):
         k = ids[v] >= 0
         cov[:, v] = (signs[:, ids[v][k]] == orient[v][k]).all(axis=1) & (preds == centre_class[v])
-    flat = feats.reshape(len(feats), -1).astype(np.float64)
-    c64 = centres.astype(np.float64)
-    dist = (flat ** 2).sum(1)[:, None] - 2 * flat @ c64.T + (c64 ** 2).sum(1)[None, :]
     ri = np.where(cov.any(1), np.argmin(np.where(cov, dist, np.inf), axis=1), nearest)
     store.write("evaluation/assignment/nearest", nearest)
     store.write("evaluation/assignment/ri_centre", ri)
