@@ -1,0 +1,282 @@
+"""``report.html``: one self-contained static page per run, the Table-1 results, a gallery per
+representative interpretation (its input, polytope, similar images and the unseen images it was reused
+on) and the run's parameters and fingerprints. Figures are PNGs embedded as ``data:`` URIs, styles are
+inline: the page needs no network and no other file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_table_artifact
+
+from repint.methods import get_method
+from repint.metrics import mask_images
+from repint.storage import FeatureStore
+from repint.tasks.common import RunSpec, logger, open_store, source
+from repint.tasks.evaluate import load_interpretation
+
+__all__ = ["MAX_REUSED", "TEMPLATES", "render_html", "results_rows", "write_html_report"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+MAX_REUSED = 6  # unseen images shown per interpretation
+
+
+def png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figure_data_uri(fig: Any) -> str:
+    """A matplotlib ``Figure`` (Agg canvas) as a PNG ``data:`` URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return png_data_uri(buf.getvalue())
+
+
+def _hwc(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), 0, 1)
+
+
+def _pm(mean: float, std: float | None, digits: int = 2) -> str:
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def results_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Table-1 rows: per method mAD ± std, mAI ± std (percent), runs, images, RI's unseen coverage.
+
+    Works on a study summary and on a single run's summary; ± std only where there are several runs."""
+    n_unseen = summary.get("n_unseen")
+    rows = []
+    for method, r in summary["methods"].items():
+        runs = int(r.get("runs", 1))
+        ad_std, ai_std = (r.get("mAD_std"), r.get("mAI_std")) if runs > 1 else (None, None)
+        covered = ""
+        if r.get("covered_unseen") is not None:
+            cov, std = float(r["covered_unseen"]), r.get("covered_unseen_std")
+            covered = (f"{cov:.0f}" if runs == 1 or std is None else _pm(cov, std, 1)) + \
+                (f" / {n_unseen} ({100 * cov / n_unseen:.1f}%)" if n_unseen else "")
+        rows.append({"method": method, "mAD": float(r["mAD"]), "mAD_std": ad_std, "mAI": float(r["mAI"]),
+                     "mAI_std": ai_std, "runs": runs, "n": r.get("n", ""), "mAD (%)": _pm(float(r["mAD"]), ad_std),
+                     "mAI (%)": _pm(float(r["mAI"]), ai_std), "covered unseen": covered,
+                     "per_run": r.get("per_run", [])})
+    return rows
+
+
+def reused_on(store: FeatureStore, centre: int, limit: int = MAX_REUSED) -> np.ndarray:
+    """Unseen images RI reused interpretation ``centre`` on: covered ones first, at most ``limit``, sorted."""
+    if "evaluation/RI/centre" not in store:
+        return np.zeros(0, np.int64)
+    assigned = store.read("evaluation/RI/centre") == centre
+    covered = store.read("evaluation/RI/covered")
+    chosen = np.concatenate([np.flatnonzero(assigned & covered), np.flatnonzero(assigned & ~covered)])[:limit]
+    return np.sort(chosen).astype(np.int64)
+
+
+def reuse_figure(spec: RunSpec, store: FeatureStore, centre: int,
+                 idx: np.ndarray) -> tuple[str | None, list[dict[str, Any]]]:
+    """A PNG of RI's interpretation ``centre`` reused on unseen images ``idx`` (the image, the heat
+    map with the kept pixels outlined, the masked image with ``Y -> Y'``) and one record per image."""
+    if len(idx) == 0:
+        return None, []
+    from matplotlib.figure import Figure
+
+    src = source(spec, "unseen")
+    images = src.load(idx)
+    feats = store.root["unseen/features"].get_orthogonal_selection((idx,))
+    method, interp = get_method("RI"), load_interpretation(store, "RI", centre)
+    maps = method.heatmaps(interp, images, feats)
+    keep = method.keep_masks(interp, images, feats, float(spec.evaluation.get("keep_fraction", 0.2)))
+    masked = mask_images(images, keep)
+    ids, preds = store.read("unseen/ids")[idx], store.read("unseen/predictions")[idx]
+    y, y_masked = store.read("evaluation/RI/y")[idx], store.read("evaluation/RI/y_masked")[idx]
+    covered = store.read("evaluation/RI/covered")[idx]
+    names = src.class_names
+    records = [{"index": int(i), "id": str(ids[j]), "class": names[int(preds[j])] if int(preds[j]) < len(names)
+                else str(int(preds[j])), "covered": bool(covered[j]), "y": float(y[j]), "y_masked": float(y_masked[j])}
+               for j, i in enumerate(idx)]
+    # fixed margins and captions as text: tight_layout and axes titles cost seconds per figure
+    fig = Figure(figsize=(max(2.1 * len(idx), 4.6), 7.0))
+    axes = fig.subplots(3, len(idx), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.01, top=0.88, wspace=0.08, hspace=0.22)
+
+    def caption(ax: Any, text: str) -> None:
+        ax.text(0.5, 1.02, text, transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+
+    for j, rec in enumerate(records):
+        img = _hwc(images[j])
+        axes[0, j].imshow(img)
+        caption(axes[0, j], f"{rec['id'][-18:]}\nclass {rec['class']}" + (" (covered)" if rec["covered"] else ""))
+        axes[1, j].imshow(img)
+        axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axes[1, j].contour(keep[j].astype(float), levels=[0.5], colors="white", linewidths=0.8)
+        caption(axes[1, j], "RI map, kept pixels")
+        axes[2, j].imshow(_hwc(masked[j]))
+        caption(axes[2, j], f"masked: Y {rec['y']:.3f} → Y' {rec['y_masked']:.3f}")
+        for ax in axes[:, j]:
+            ax.set_axis_off()
+    fig.text(0.5, 0.985, f"interpretation {centre} reused on unseen images", ha="center", va="top", fontsize=10)
+    return figure_data_uri(fig), records
+
+
+def gallery(spec: RunSpec, store: FeatureStore, centre: int, figures: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One interpretation: its input, polytope size and coverage, the Fig.-2 figure written by the
+    report task (input, top similar images, heat maps) and the unseen images it was reused on."""
+    ref_ids = store.read("reference/ids")
+    x = int(store.read("centres/input_index")[centre])
+    cls = int(store.read("centres/predicted_class")[centre])
+    names = source(spec, "reference").class_names
+    fig2 = Path(spec.out_dir) / f"interpretation-{centre}.png"
+    info = figures.get(centre, {})
+    n_assigned = int((store.read("evaluation/RI/centre") == centre).sum()) if "evaluation/RI/centre" in store else 0
+    n_cov_unseen = int(((store.read("evaluation/RI/centre") == centre) & store.read("evaluation/RI/covered")).sum()) \
+        if "evaluation/RI/covered" in store else 0
+    idx = reused_on(store, centre)
+    reuse_png, reused = reuse_figure(spec, store, centre, idx)
+    return {
+        "centre": centre, "input_index": x, "input_id": str(ref_ids[x]),
+        "class": names[cls] if cls < len(names) else str(cls),
+        "size": int(store.read("polytopes/size", centre)), "n_covered": int(store.read("polytopes/n_covered", centre)),
+        "n_other_covered": int(store.read("polytopes/n_other_covered", centre)),
+        "purity": float(store.read("polytopes/purity", centre)),
+        "similar_ids": [str(ref_ids[int(i)]) for i in info.get("similar", [])],
+        "figure": png_data_uri(fig2.read_bytes()) if fig2.is_file() else None, "figure_name": fig2.name,
+        "n_assigned_unseen": n_assigned, "n_covered_unseen": n_cov_unseen,
+        "reuse_figure": reuse_png, "reused": reused,
+    }
+
+
+def case_study_images(folders: list[Path], out: Path) -> list[dict[str, str]]:
+    """Every ``case-study-*.png`` in the output folder and the run folders, embedded."""
+    seen: set[Path] = set()
+    found = []
+    for folder in folders:
+        for path in sorted(folder.glob("case-study-*.png")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            try:
+                name = str(path.relative_to(out))
+            except ValueError:
+                name = path.name
+            found.append({"name": name, "uri": png_data_uri(path.read_bytes())})
+    return found
+
+
+def parameters(specs: list[RunSpec], summary: dict[str, Any], attrs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) pairs: model, checkpoint and its hash, ψ, Q, seeds, evaluation settings, data."""
+    spec = specs[0]
+    model = {**spec.model, **attrs.get("model", {})}
+    interp = {**spec.interpretation, **attrs.get("interpretation", {})}
+
+    def js(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v, default=str)
+
+    pairs = [
+        ("dataset", spec.dataset), ("model", model.get("architecture")), ("checkpoint", model.get("checkpoint")),
+        ("checkpoint sha256", model.get("checkpoint_sha256")), ("layer (ψ)", model.get("layer")),
+        ("classes", model.get("num_classes")), ("image size", model.get("image_size")),
+        ("normalisation mean / std", f"{model.get('mean')} / {model.get('std')}"),
+        ("|Q|", interp.get("q")), ("Q sampling", interp.get("q_sampling")),
+        ("interpretations per class", interp.get("interpretations_per_class")),
+        ("orient / unit normals", f"{interp.get('orient')} / {interp.get('unit_normals')}"),
+        ("seeds", summary.get("seeds", [s.interpretation.get("seed") for s in specs])),
+        ("methods", spec.evaluation.get("methods")), ("keep fraction", spec.evaluation.get("keep_fraction")),
+        ("reference images", summary.get("n_reference")), ("unseen images", summary.get("n_unseen")),
+        ("boundaries sampled", summary.get("n_boundaries")),
+        ("distinct boundaries", summary.get("n_distinct_boundaries")),
+        ("reference data", attrs.get("data_reference", spec.reference)),
+        ("unseen data", attrs.get("data_unseen", spec.unseen)),
+        ("skipped images", (summary.get("skipped_images") or {}).get("count", 0)),
+        ("|Q| clamped", summary.get("q_clamped", [])),
+        ("runtime", {k: v for k, v in spec.runtime.items() if k in ("task_runner", "n_workers", "chunk_size",
+                                                                       "batch_size", "device")}),
+    ]
+    if summary.get("model_training"):
+        pairs.append(("model training", summary["model_training"]))
+    return [(k, js(v)) for k, v in pairs if v is not None]
+
+
+def fingerprints(specs: list[RunSpec]) -> dict[str, Any]:
+    """Per run: its store, store id, code version, data fingerprints; the first run's stage fingerprints."""
+    runs, stages = [], []
+    for i, spec in enumerate(specs):
+        try:
+            attrs = open_store(spec, mode="r").attrs
+        except Exception:  # a store that cannot be opened is reported as such, not crashed on
+            attrs = {}
+        runs.append({"run": i, "seed": spec.interpretation.get("seed"), "store": spec.store,
+                     "store_id": attrs.get("store_id", "?"), "code_version": attrs.get("code_version", "?"),
+                     "data_reference": attrs.get("data_fingerprint_reference", "?"),
+                     "data_unseen": attrs.get("data_fingerprint_unseen", "?"), "out_dir": spec.out_dir})
+        if i == 0:
+            stages = [{"stage": k, "fingerprint": v.get("fingerprint"), "complete": v.get("complete")}
+                      for k, v in attrs.get("stages", {}).items()]
+    return {"runs": runs, "stages": stages}
+
+
+def run_timings(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
+    """Per-stage seconds of each run, from the run folders' ``summary.json`` (where a run has its own)."""
+    found = []
+    for i, spec in enumerate(specs):
+        path = Path(spec.out_dir) / "summary.json"
+        if Path(spec.out_dir).resolve() == out.resolve() or not path.is_file():
+            continue
+        try:
+            timings = json.loads(path.read_text()).get("timings_s", {})
+        except (OSError, ValueError):
+            continue
+        found.append({"run": i, "timings": {k: float(v) for k, v in timings.items()}})
+    return found
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """Render ``templates/report.html.j2`` (autoescaped; a missing variable is an error)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**context)
+
+
+@task(name="html-report", task_run_name="html-report")
+def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: str) -> str:
+    """Write ``out_dir/report.html`` for a study (or one run) and link it, and its table, as Prefect
+    artifacts; returns the page's path. Galleries come from the first run's store. Figures are drawn
+    on matplotlib ``Figure`` objects (Agg), never through pyplot's global state."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = specs[0]
+    store = open_store(spec, mode="r")
+    attrs = store.attrs
+    n_cov = store.read("polytopes/n_covered")
+    case = int(spec.evaluation.get("case_studies", 3))
+    figures = {int(f["centre"]): f for f in summary.get("figures", [])}
+    galleries = [gallery(spec, store, int(c), figures) for c in np.argsort(-n_cov, kind="stable")[:case]]
+    rows = results_rows(summary)
+    folders = [out, *dict.fromkeys(Path(s.out_dir) for s in specs)]
+    context = {
+        "title": f"RepInt report: {summary.get('dataset', spec.dataset)}",
+        "summary": summary, "rows": rows, "runs": int(summary.get("runs", len(specs))),
+        "polytopes": summary.get("polytopes", {}), "galleries": galleries,
+        "case_studies": case_study_images(folders, out), "parameters": parameters(specs, summary, attrs),
+        "fingerprints": fingerprints(specs),
+        "timings": {k: float(v) for k, v in summary.get("timings_s", {}).items()},
+        "run_timings": run_timings(specs, out),
+        "keep_percent": 100 * float(spec.evaluation.get("keep_fraction", 0.2)),
+    }
+    path = out / "report.html"
+    path.write_text(render_html(context), encoding="utf-8")
+    uri = path.resolve().as_uri()
+    create_link_artifact(key="repint-report", link=uri, link_text="report.html",
+                         description=context["title"])
+    create_table_artifact(key="repint-report-table",
+                          table=[{k: r[k] for k in ("method", "mAD (%)", "mAI (%)", "runs", "n", "covered unseen")}
+                                 for r in rows],
+                          description=f"Results in {path}")
+    logger().info(f"report: {uri}")
+    return str(path)
