@@ -8,6 +8,7 @@ eval mode, reshapes); anything else is refused unless explicitly overridden.
 from __future__ import annotations
 
 import operator
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -90,9 +91,17 @@ class SplitModel:
     nonlinear_override: list[str] = field(default_factory=list)
 
 
+# torch.fx patches ``nn.Module.__call__`` for the whole process while it traces: a forward pass that
+# another thread runs meanwhile is recorded into the trace and fails ("module is not installed as a
+# submodule"). Traces therefore take this lock, and the callers that run in threads (the tasks'
+# model cache, ACE's split) trace once under it before their first forward pass.
+TRACE_LOCK = threading.RLock()
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        with TRACE_LOCK:
+            return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many kinds of errors on dynamic control flow
         raise ValueError(
             f"Cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). RepInt needs "

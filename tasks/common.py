@@ -73,10 +73,14 @@ def _load(model_json: str) -> SplitModel:
 
 
 def load_split(spec: RunSpec) -> SplitModel:
-    """The model split at ψ, loaded once per process."""
+    """The model split at ψ, loaded once per process (under the trace lock: threads that ask at
+    once wait for the one trace instead of tracing while another runs the model)."""
     import json
 
-    return _load(json.dumps(spec.model, sort_keys=True))
+    from repint.model import TRACE_LOCK
+
+    with TRACE_LOCK:
+        return _load(json.dumps(spec.model, sort_keys=True))
 
 
 def device(spec: RunSpec) -> torch.device:

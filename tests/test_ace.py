@@ -73,3 +73,38 @@ def test_keep_masks_add_whole_segments_by_importance_until_over_the_fraction():
     # only whole segments: every kept pixel belongs to a segment entirely kept
     kept_segments = [m for m in masks if keep[m].all()]
     np.testing.assert_array_equal(np.any(kept_segments, axis=0), keep)
+
+
+def test_segment_activations_are_cached_and_equal_the_direct_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 2)).eval()
+    ace = get_method("ACE").bind(model, "1")
+    img = _image(3)
+    (masks, acts), = ace.segment_activations(img[None])
+    np.testing.assert_array_equal(masks, segments(img))
+    direct = ace._acts(patches(img, masks))
+    assert direct.shape == (len(masks), 4)  # channel means of the 4 channels
+    np.testing.assert_allclose(acts, direct, rtol=1e-6)
+    (masks2, acts2), = ace.segment_activations(img[None].copy())  # same bytes: from the cache
+    np.testing.assert_array_equal(masks2, masks)
+    assert acts2 is acts
+
+
+def test_tcav_gradients_are_spatial_sums_of_the_class_gradient():
+    from repint.methods.ace import _class_gradients
+
+    torch.manual_seed(0)
+    lin = nn.Linear(4 * 6 * 6, 3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), lin).eval()
+    images = np.random.default_rng(0).random((2, 3, 24, 24)).astype(np.float32)
+    g = _class_gradients(model, "1", images, target=2)
+    # ψ = ReLU output [4, 24, 24]; the head is maxpool -> linear, so ∂y/∂ψ is W at each window's argmax
+    expected = []
+    for img in images:
+        psi = torch.relu(model[0](torch.as_tensor(img[None]))).requires_grad_(True)
+        (grad,) = torch.autograd.grad(lin(nn.functional.max_pool2d(psi, 4).flatten(1))[0, 2], psi)
+        expected.append(grad[0].sum(dim=(1, 2)).numpy())
+    np.testing.assert_allclose(g, np.array(expected), rtol=1e-5, atol=1e-6)
+    # and summed over each channel the weights of class 2 (one argmax per pooling window)
+    np.testing.assert_allclose(g[0], lin.weight[2].detach().reshape(4, 36).sum(1).numpy(), rtol=1e-5, atol=1e-6)

@@ -5,45 +5,67 @@ For one interpretation (the reference images of a k-means cluster, predicted as 
 1. segment every image with SLIC at several resolutions (scikit-image);
 2. turn each segment into a patch: the segment's pixels on the mean colour, cropped to its bounding
    box and resized to the input size;
-3. take the patches' bottleneck activations ψ (flattened) and cluster them with k-means; keep the
-   concepts that ACE's filtering keeps (common across images and populated enough);
-4. score each concept with TCAV: a linear CAV separates the concept's activations from random
-   patches (of other clusters); the score is the fraction of the cluster's images whose directional
-   derivative of the class logit along the CAV is positive. Concepts are ranked by score.
+3. take the patches' bottleneck activations ψ as channel means (ACE's default ``channel_mean=True``)
+   and cluster them with k-means; keep the concepts that ACE's filtering keeps (common across images
+   and populated enough);
+4. score each concept with TCAV: a linear CAV (TCAV's ``linear`` model, an SGD-trained linear
+   classifier with ``alpha = 0.01``) separates the concept's activations from the patches of random
+   reference images (one random set per run, shared by all interpretations); the score is the
+   fraction of the cluster's images whose directional derivative of the class logit along the CAV is
+   positive. With channel means the CAV is a per-channel direction, so the derivative uses the
+   spatially summed gradient ``Σ_ij ∂y_c/∂ψ_kij``. Concepts are ranked by score.
 
 Reused on an unseen image: its segments are assigned to the nearest concept (outliers farther than
 the concept's own spread are dropped, as ACE removes outlying segments) and added by concept
 importance until more than ``fraction`` of the pixels are kept.
+
+Segmenting and the patch forward passes dominate the cost (about a hundred patches per image), so
+each image's SLIC labels and patch activations are cached in the process (bounded, keyed by the
+model and the image's bytes): the runs of a study and the interpretations of a run reuse them.
 """
 
 from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import SGDClassifier
 
 from repint.methods.base import InterpretationInput, Method, register
+from repint.model import TRACE_LOCK, SplitModel, split_model
 
 RESOLUTIONS = (15, 50, 80)
 MEAN_COLOUR = 117.5 / 255.0
 
 
-def segments(image: np.ndarray, resolutions: tuple[int, ...] = RESOLUTIONS, min_area: float = 0.01) -> np.ndarray:
-    """Boolean masks ``[s, H, W]`` of the multi-resolution SLIC segments of ``image`` ``[3, H, W]``
-    that cover at least ``min_area`` of the image."""
+def slic_labels(image: np.ndarray, resolutions: tuple[int, ...] = RESOLUTIONS) -> np.ndarray:
+    """SLIC label maps ``[len(resolutions), H, W]`` of ``image`` ``[3, H, W]``."""
     from skimage.segmentation import slic
 
     hwc = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float64)
-    masks = []
-    for n in resolutions:
-        labels = slic(hwc, n_segments=n, compactness=20, sigma=1, start_label=0, channel_axis=-1)
-        for s in np.unique(labels):
-            m = labels == s
-            if m.mean() >= min_area:
-                masks.append(m)
-    return np.stack(masks) if masks else np.zeros((0, *image.shape[1:]), dtype=bool)
+    return np.stack([slic(hwc, n_segments=n, compactness=20, sigma=1, start_label=0, channel_axis=-1)
+                     for n in resolutions]).astype(np.int32)
+
+
+def masks_from_labels(labels: np.ndarray, min_area: float = 0.01) -> np.ndarray:
+    """Boolean masks ``[s, H, W]`` of the segments of label maps ``[r, H, W]`` that cover at least
+    ``min_area`` of the image."""
+    masks = [lab == s for lab in labels for s in np.unique(lab)]
+    masks = [m for m in masks if m.mean() >= min_area]
+    return np.stack(masks) if masks else np.zeros((0, *labels.shape[1:]), dtype=bool)
+
+
+def segments(image: np.ndarray, resolutions: tuple[int, ...] = RESOLUTIONS, min_area: float = 0.01) -> np.ndarray:
+    """Boolean masks ``[s, H, W]`` of the multi-resolution SLIC segments of ``image`` ``[3, H, W]``
+    that cover at least ``min_area`` of the image."""
+    return masks_from_labels(slic_labels(image, resolutions), min_area)
 
 
 def patches(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -78,22 +100,66 @@ def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = 0) -> np.ndarra
     """Unit normal of a linear classifier separating concept activations from random ones."""
     x = np.concatenate([concept, random]).astype(np.float64)
     y = np.r_[np.ones(len(concept)), np.zeros(len(random))]
-    clf = LogisticRegression(max_iter=500, random_state=seed).fit(x, y)
+    clf = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed).fit(x, y)
     v = clf.coef_[0]
     return v / (np.linalg.norm(v) or 1.0)
 
 
-def _class_gradients(model: torch.nn.Module, layer: str, images: np.ndarray, target: int) -> np.ndarray:
-    """``∂y_c/∂ψ`` ``[n, D]`` for each image (through the split head, so no hooks are needed)."""
-    from repint.model import split_model
+_SPLITS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, SplitModel]] = weakref.WeakKeyDictionary()
 
-    sm = split_model(model, layer)
+
+def _split(model: torch.nn.Module, layer: str) -> SplitModel:
+    """``ψ`` and ``G`` of ``model`` (cached; an fx split shares the model's parameters and needs no
+    hooks, so threads can run it at once)."""
+    with TRACE_LOCK:
+        per = _SPLITS.setdefault(model, {})
+        if layer not in per:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                per[layer] = split_model(model, layer, allow_nonlinear_head=True)
+        return per[layer]
+
+
+def _class_gradients(model: torch.nn.Module, layer: str, images: np.ndarray, target: int) -> np.ndarray:
+    """``Σ_ij ∂y_c/∂ψ_kij`` ``[n, K]`` for each image: the derivative along per-channel directions
+    (through the split head, so no hooks are needed)."""
+    sm = _split(model, layer)
+    dev = next(model.parameters()).device
     with torch.no_grad():
-        psi = sm.psi(torch.as_tensor(images, dtype=torch.float32))
+        psi = sm.psi(torch.as_tensor(images, dtype=torch.float32, device=dev))
     psi.requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(sm.head(psi)[:, target].sum(), psi)
-    return g.reshape(len(images), -1).numpy()
+    return g.reshape(*g.shape[:2], -1).sum(-1).cpu().numpy()
+
+
+class _SegmentCache:
+    """A bounded LRU of (label maps, masks' patch activations) per (model, layer, image bytes)."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, labels: np.ndarray, acts: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (labels, acts)
+            self.bytes += labels.nbytes + acts.nbytes
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, (lab, act) = self._items.popitem(last=False)
+                self.bytes -= lab.nbytes + act.nbytes
+
+
+_CACHE = _SegmentCache()
 
 
 @register
@@ -101,28 +167,53 @@ class ACE(Method):
     """Concepts of the interpretation's cluster; importance by TCAV; masks of whole segments."""
 
     name = "ACE"
+    version = 2  # channel means, SGD CAVs, one random set per run
     needs_cluster = True
     n_concepts = 25
     min_concept_size = 4
     max_random = 400
 
-    def _acts(self, images: np.ndarray) -> np.ndarray:
-        from repint.methods.gradcam import layer_activations_batch
-
+    def _acts(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """Channel means ``[n, K]`` of ψ for images ``[n, C, H, W]``."""
         assert self.model is not None, "bind(model, layer) first"
-        return layer_activations_batch(self.model, self.layer, images).reshape(len(images), -1)
+        psi, dev = _split(self.model, self.layer).psi, next(self.model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                a = psi(torch.as_tensor(images[i: i + batch], dtype=torch.float32, device=dev))
+                out.append(a.reshape(*a.shape[:2], -1).mean(-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+    def segment_activations(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image: its segment masks ``[s, H, W]`` and their patches' activations ``[s, K]`` (cached)."""
+        out: list[tuple[np.ndarray, np.ndarray] | None] = []
+        todo: list[tuple[int, tuple, np.ndarray, np.ndarray]] = []
+        for i, img in enumerate(images):
+            key = (id(self.model), self.layer, img.shape, hashlib.blake2b(np.ascontiguousarray(img).tobytes(),
+                                                                          digest_size=16).digest())
+            hit = _CACHE.get(key)
+            out.append(None if hit is None else (masks_from_labels(hit[0]), hit[1]))
+            if hit is None:
+                labels = slic_labels(img)
+                todo.append((i, key, labels, patches(img, masks_from_labels(labels))))
+        if todo:  # one batched forward pass for all new patches
+            acts = self._acts(np.concatenate([t[3] for t in todo]))
+            start = 0
+            for i, key, labels, p in todo:
+                a = acts[start: start + len(p)]
+                start += len(p)
+                _CACHE.put(key, labels.astype(np.int16), a)
+                out[i] = (masks_from_labels(labels), a)
+        return out  # type: ignore[return-value]
 
     def interpret(self, inp: InterpretationInput) -> dict[str, np.ndarray]:
         if inp.cluster_images is None or inp.random_images is None:
             raise ValueError("ACE needs the images of the interpretation's cluster and random images.")
         self.bind(inp.model, inp.layer)
-        acts, owner = [], []
-        for i, img in enumerate(inp.cluster_images):
-            p = patches(img, segments(img))
-            acts.append(self._acts(p))
-            owner += [i] * len(p)
-        a, owner_ids = np.concatenate(acts), np.asarray(owner)
-        rand = np.concatenate([self._acts(patches(img, segments(img))) for img in inp.random_images])
+        segs = self.segment_activations(inp.cluster_images)
+        a = np.concatenate([acts for _, acts in segs])
+        owner_ids = np.concatenate([np.full(len(acts), i) for i, (_, acts) in enumerate(segs)])
+        rand = np.concatenate([acts for _, acts in self.segment_activations(inp.random_images)])
         rand = rand[np.random.default_rng(0).permutation(len(rand))[: self.max_random]]
         k = min(self.n_concepts, len(a))
         km = KMeans(n_clusters=k, random_state=0, n_init="auto").fit(a)
@@ -152,11 +243,11 @@ class ACE(Method):
         rank = np.empty(len(importance), dtype=np.int64)
         rank[np.argsort(-importance, kind="stable")] = np.arange(len(importance))
         out = np.zeros((len(images), *images.shape[-2:]), dtype=bool)
-        for j, img in enumerate(images):
-            masks = segments(img)
-            if not len(masks) or not len(concepts):
+        if not len(concepts):
+            return out
+        for j, (masks, acts) in enumerate(self.segment_activations(images)):
+            if not len(masks):
                 continue
-            acts = self._acts(patches(img, masks))
             d = np.linalg.norm(acts[:, None, :] - concepts[None], axis=2)
             nearest = d.argmin(1)
             outlier = d[np.arange(len(masks)), nearest] > radii[nearest]
