@@ -9,7 +9,7 @@ from typing import Any
 
 from repint.config import Config
 from repint.data import ImageSource, source_from_spec
-from repint.nets import VGGNet
+from repint.nets import VGG_WIDTHS, VGGNet
 from repint.tasks.common import RunSpec
 
 
@@ -43,8 +43,8 @@ def file_sha256(path: str) -> str:
 
 
 def default_layer(architecture: str, n_classes: int, image_size: int) -> str | None:
-    if architecture == "vgg-small":
-        return VGGNet(n_classes, image_size=image_size).psi_layer
+    if architecture in VGG_WIDTHS:
+        return VGGNet(n_classes, image_size=image_size, widths=VGG_WIDTHS[architecture]).psi_layer
     return None
 
 

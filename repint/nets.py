@@ -14,7 +14,14 @@ from torch import nn
 
 from repint.model import Classifier
 
-__all__ = ["TrainResult", "VGGNet", "build_model", "load_checkpoint", "resolve_device", "train_classifier"]
+__all__ = ["VGG_WIDTHS", "TrainResult", "VGGNet", "augment_batch", "build_model", "load_checkpoint",
+           "resolve_device", "train_classifier"]
+
+VGG_WIDTHS: dict[str, tuple[int, ...]] = {
+    "vgg-small": (16, 32, 64),  # the embedded demo (32x32 digits)
+    "vgg-medium": (32, 64, 128),
+    "vgg-large": (32, 64, 128, 256),  # the cats-vs-dogs benchmark (64x64 photos)
+}
 
 
 class VGGNet(nn.Module):
@@ -54,13 +61,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Module:
-    """``vgg-small`` (the project's own), a torchvision model name, or ``module:function``.
+    """``vgg-small``/``vgg-medium``/``vgg-large`` (the project's own), a torchvision model name, or ``module:function``.
 
     ``module:function`` imports and calls user code: it is the one place a config can run code, and
     it is documented as such.
     """
-    if architecture == "vgg-small":
-        return VGGNet(num_classes=num_classes, image_size=image_size)
+    if architecture in VGG_WIDTHS:
+        return VGGNet(num_classes=num_classes, image_size=image_size, widths=VGG_WIDTHS[architecture])
     if ":" in architecture:
         mod_name, fn_name = architecture.split(":", 1)
         fn: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
@@ -68,8 +75,8 @@ def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Modu
     import torchvision
 
     if architecture not in torchvision.models.list_models():
-        raise ValueError(f"Unknown architecture {architecture!r}: use 'vgg-small', a torchvision model name "
-                         "(e.g. 'vgg11_bn') or 'package.module:function'.")
+        raise ValueError(f"Unknown architecture {architecture!r}: use one of {sorted(VGG_WIDTHS)}, a torchvision "
+                         "model name (e.g. 'vgg11_bn') or 'package.module:function'.")
     return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
 
 
@@ -86,6 +93,22 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {list(missing)[:8]}, "
                          f"unexpected keys {list(unexpected)[:8]}. Check `model.architecture`.")
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random horizontal flips and random shifts by up to 1/8 of the side (reflection padding, then
+    a random crop back to the input size), one draw per image."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    p = max(1, h // 8)
+    padded = nn.functional.pad(x, (p, p, p, p), mode="reflect")
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * p)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, x.shape[1], h, w)
+    return out.gather(3, cols)
 
 
 @dataclass
@@ -117,8 +140,7 @@ def train_classifier(
             idx = torch.from_numpy(order[i: i + batch_size])
             x, y = x_all[idx].to(dev), y_all[idx].to(dev)
             if augment:
-                flip = torch.rand(len(x), device=dev) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                x = augment_batch(x)
             out = model(x)
             loss = nn.functional.cross_entropy(out, y)
             opt.zero_grad()

@@ -19,7 +19,7 @@ from repint.nets import build_model, train_classifier
 from repint.storage import fingerprint_params
 from repint.tasks.common import batched_forward, logger
 
-TRAIN_CODE_VERSION = 2
+TRAIN_CODE_VERSION = 3
 
 
 def cache_dir() -> Path:
