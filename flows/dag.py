@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from repint.flows.spec import file_sha256
+from repint.methods import variant_name
 from repint.tasks.boundaries import prepare_signs, sample_boundaries, sign_chunk
 from repint.tasks.centres import compute_centres
 from repint.tasks.common import RunSpec, logger
@@ -33,6 +34,7 @@ from repint.tasks.evaluate import (
     prepare_interpretations,
     summarise_evaluation,
 )
+from repint.tasks.html import write_html_report
 from repint.tasks.ingest import finish_stage, prepare_ingest
 from repint.tasks.ingest import ingest_chunk as ingest_chunk_task
 from repint.tasks.report import write_report
@@ -182,22 +184,60 @@ def run_config(config: str, out: str) -> dict[str, Any]:
     return study(build_spec(cfg, out), cfg.evaluation.runs)
 
 
+def _store_base(store: str) -> str:
+    return store[:-5] if store.endswith(".zarr") else store
+
+
 def run_spec(spec: RunSpec, run: int, runs: int) -> RunSpec:
-    """The spec of run ``run`` of a study: its own seed, store and output folder."""
+    """The spec of run ``run`` of a study: its own seed (k-means, Q sampling, ACE's random set), its
+    own reference subsample where the reference set is sampled per class, store and output folder."""
     if runs == 1:
         return spec
-    base = spec.store[:-5] if spec.store.endswith(".zarr") else spec.store
+    reference = spec.reference
+    if reference.get("per_class") is not None and "seed" in reference:
+        reference = {**reference, "seed": int(reference["seed"]) + run}
     return spec.model_copy(update={
         "interpretation": {**spec.interpretation, "seed": int(spec.interpretation["seed"]) + run},
-        "store": f"{base}-run{run}.zarr", "out_dir": str(Path(spec.out_dir) / f"run-{run}")})
+        "reference": reference,
+        "store": f"{_store_base(spec.store)}-run{run}.zarr", "out_dir": str(Path(spec.out_dir) / f"run-{run}")})
+
+
+def variant_plan(spec: RunSpec) -> tuple[RunSpec, list[RunSpec]]:
+    """RI's variants (``evaluation.variants``): those that change only the orientation are extra
+    methods on the run's own store (same polytopes, other heat maps); those that change Q (``q``,
+    ``q_sampling``) get a store of their own in which only that variant is evaluated."""
+    extra, own = [], []
+    for j, v in enumerate(spec.evaluation.get("variants", [])):
+        label = variant_name("RI", v)
+        if set(v) <= {"orient"}:
+            extra.append(label)
+            continue
+        own.append(spec.model_copy(update={
+            "interpretation": {**spec.interpretation, **v},
+            "evaluation": {**spec.evaluation, "methods": [label], "case_studies": 0, "variants": []},
+            "store": f"{_store_base(spec.store)}-variant{j}.zarr",
+            "out_dir": str(Path(spec.out_dir) / f"variant-{j}")}))
+    methods = [*spec.evaluation["methods"], *[m for m in extra if m not in spec.evaluation["methods"]]]
+    return spec.model_copy(update={"evaluation": {**spec.evaluation, "methods": methods}}), own
 
 
 @flow(name="study", flow_run_name="study-{spec.dataset}-{runs}-runs")
 def study(spec: RunSpec, runs: int = 1) -> dict[str, Any]:
-    """The whole DAG ``runs`` times with seeds ``seed, seed+1, ...`` (k-means, Q sampling), one model;
-    reports mean ± std per method like the paper's Table 1, and every per-image record as CSV."""
+    """The whole DAG ``runs`` times with seeds ``seed, seed+1, ...`` (k-means, Q sampling, reference
+    subsample), one model, and RI's variants beside RI; reports mean ± std per method like the paper's
+    Table 1, every per-image record as CSV, and ``report.html``."""
     t0 = time.perf_counter()
     spec, _ = with_default_model(spec)
-    specs = [run_spec(spec, i, runs) for i in range(runs)]
-    summaries = [pipeline(s) for s in specs]
-    return write_study(specs, summaries, spec.out_dir, {"total": time.perf_counter() - t0})
+    main, variants = variant_plan(spec)
+    specs = [run_spec(main, i, runs) for i in range(runs)]
+    summaries, variant_specs = [], []
+    for i, s in enumerate(specs):
+        summary = pipeline(s)
+        for v in variants:
+            vs = run_spec(v, i, runs)
+            summary["methods"].update(pipeline(vs)["methods"])
+            variant_specs.append((vs, i))
+        summaries.append(summary)
+    summary = write_study(specs, summaries, spec.out_dir, {"total": time.perf_counter() - t0}, variant_specs)
+    write_html_report(specs, summary, spec.out_dir)
+    return summary

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["ALL_METHODS", "Config", "ConfigError", "demo_config", "load_config"]
+
+ALL_METHODS = ["RI", "Grad-CAM", "Grad-CAM++", "Score-CAM", "ACE"]
 
 
 class _Strict(BaseModel):
@@ -40,7 +42,7 @@ class TrainConfig(_Strict):
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
-    augment: bool = False
+    augment: bool = Field(False, description="random horizontal flips and shifts by up to 1/8 of the side")
     seed: int = 0
 
 
@@ -53,12 +55,28 @@ class InterpretationConfig(_Strict):
     seed: int = 0
 
 
+VARIANT_KEYS = {"q", "q_sampling", "orient"}
+
+
 class EvaluationConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["RI", "Grad-CAM"])
     keep_fraction: float = Field(0.2, gt=0, lt=1)
     case_studies: int = Field(3, ge=0)
     ace_images: int = Field(20, ge=2, description="ACE: discovery images per cluster (and random images)")
     runs: int = Field(1, ge=1, description="repeat interpretation and evaluation with seeds seed, seed+1, ...")
+    variants: list[dict[str, Any]] = Field(
+        default_factory=list, description="RI under other interpretation settings (q, q_sampling, orient), "
+        "reported beside RI, e.g. [{q_sampling: boundary-search}, {orient: false}]")
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for v in value:
+            unknown = set(v) - VARIANT_KEYS
+            if not v or unknown:
+                raise ValueError(f"a variant sets some of {sorted(VARIANT_KEYS)}; got {v!r}")
+            InterpretationConfig(**v)  # types and ranges as in the interpretation section
+        return value
 
 
 class RuntimeConfig(_Strict):
@@ -80,6 +98,17 @@ class Config(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     store: str | None = Field(None, description="path or fsspec URL of the Zarr store (default OUT/store.zarr)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+def demo_config() -> Config:
+    """What ``repint demo`` runs (``examples/demo.yaml`` spells it out): the paper's Table 1 on the
+    embedded digits, five methods over five runs, RI's Q-sampling and orientation variants beside RI."""
+    return Config.model_validate({
+        "name": "demo", "data": {"kind": "digits"},
+        "interpretation": {"interpretations_per_class": 3},
+        "evaluation": {"methods": ALL_METHODS, "runs": 5, "ace_images": 10,
+                       "variants": [{"q_sampling": "boundary-search"}, {"orient": False}]},
+    })
 
 
 class ConfigError(ValueError):

@@ -8,7 +8,7 @@ import torch
 from prefect import task
 
 from repint.centres import squared_distances
-from repint.methods import InterpretationInput, get_method
+from repint.methods import InterpretationInput, get_method, parse_variant
 from repint.metrics import AverageDropIncrease, mask_images
 from repint.signs import unpack_signs
 from repint.storage import fingerprint_params
@@ -57,11 +57,21 @@ def assign_unseen(spec: RunSpec) -> dict:
     return {"covered_unseen": int(cov.any(1).sum()), "n_unseen": len(feats)}
 
 
+def is_ri(method: str) -> bool:
+    """RI or one of its variants (``RI[orient=false]``, ...)."""
+    return parse_variant(method)[0] == "RI"
+
+
+def method_settings(spec: RunSpec, method: str) -> dict:
+    """The ``interpretation`` settings a method (variant) runs with."""
+    return {**spec.interpretation, **parse_variant(method)[1]}
+
+
 def interpretation_input(spec: RunSpec, store, centre: int, method: str) -> InterpretationInput:  # noqa: ANN001
     x = int(store.read("centres/input_index")[centre])
     sm = load_split(spec)
     W = b = None
-    if method == "RI":
+    if is_ri(method):
         ids = store.read("polytopes/boundaries", centre)
         ids = ids[ids >= 0]
         W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None))) if len(ids) else np.zeros((0, 1))
@@ -73,12 +83,14 @@ def interpretation_input(spec: RunSpec, store, centre: int, method: str) -> Inte
         cluster_images=cluster, random_images=rand,
         model=sm.model, layer=sm.layer, image=source(spec, "reference").load(np.array([x]))[0],
         features=store.read("reference/features", x), predicted_class=int(store.read("reference/predictions", x)),
-        boundaries_W=W, boundaries_b=b, orient=bool(spec.interpretation.get("orient", True)))
+        boundaries_W=W, boundaries_b=b, orient=bool(method_settings(spec, method).get("orient", True)))
 
 
 def cluster_images(spec: RunSpec, store, centre: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """The images of a centre's k-means cluster nearest its centre (ACE's discovery images, at most
-    ``evaluation.ace_images``) and as many random reference images of other clusters."""
+    ``evaluation.ace_images``) and as many random reference images: ACE's random concept, one set
+    per run (seeded by ``interpretation.seed``) shared by every interpretation, as ACE draws its
+    random images from the whole data set."""
     n_max = int(spec.evaluation.get("ace_images", 20))
     labels = store.read("centres/labels")
     members = np.flatnonzero(labels == centre)
@@ -86,9 +98,8 @@ def cluster_images(spec: RunSpec, store, centre: int) -> tuple[np.ndarray, np.nd
     c = store.read("centres/vectors", centre)
     d = np.linalg.norm(feats.get_orthogonal_selection((members,)).reshape(len(members), -1) - c, axis=1)
     chosen = np.sort(members[np.argsort(d, kind="stable")[:n_max]])
-    others = np.flatnonzero(labels != centre)
-    rng = np.random.default_rng(int(spec.interpretation.get("seed", 0)) * 1000 + centre)
-    rand = np.sort(rng.choice(others, size=min(n_max, len(others)), replace=False))
+    rng = np.random.default_rng([int(spec.interpretation.get("seed", 0)), 0xACE])
+    rand = np.sort(rng.choice(len(labels), size=min(n_max, len(labels)), replace=False))
     src = source(spec, "reference")
     return src.load(chosen), src.load(rand)
 
@@ -97,8 +108,10 @@ def cluster_images(spec: RunSpec, store, centre: int) -> tuple[np.ndarray, np.nd
 def prepare_interpretations(spec: RunSpec, method: str) -> list[int]:
     store = open_store(spec)
     store.require_complete("polytopes")
-    fp = fingerprint_params("interpret", method, store.attrs["stages"]["polytopes"]["fingerprint"],
-                            spec.interpretation.get("orient", True))
+    m = get_method(method)
+    fp = fingerprint_params("interpret", method, m.version, store.attrs["stages"]["polytopes"]["fingerprint"],
+                            method_settings(spec, method).get("orient", True),
+                            spec.evaluation.get("ace_images") if m.needs_cluster else None)
     stage = f"interpret-{method}"
     if store.stage_complete(stage, fp):
         return []
@@ -155,7 +168,7 @@ def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
     feats = store.read("unseen/features", slice(lo, hi))
     logits = store.read("unseen/logits", slice(lo, hi))
     cls = logits.argmax(1)
-    key = "ri_centre" if method == "RI" else "nearest"
+    key = "ri_centre" if is_ri(method) else "nearest"
     centre = store.read(f"evaluation/assignment/{key}")[lo:hi]
     keep = np.zeros((len(idx), *images.shape[-2:]), dtype=bool)
     fraction = float(spec.evaluation.get("keep_fraction", 0.2))
@@ -167,7 +180,7 @@ def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
         out = batched_forward(sm.model, masked, int(spec.runtime["batch_size"]), device(spec))
     y = softmax(logits)[np.arange(len(idx)), cls]
     y_masked = softmax(out)[np.arange(len(idx)), cls]
-    covered = store.read("evaluation/assignment/ri_covered")[lo:hi] if method == "RI" else np.zeros(len(idx), bool)
+    covered = store.read("evaluation/assignment/ri_covered")[lo:hi] if is_ri(method) else np.zeros(len(idx), bool)
     r = store.root
     r[f"evaluation/{method}/centre"][lo:hi] = centre
     r[f"evaluation/{method}/covered"][lo:hi] = covered
@@ -187,7 +200,7 @@ def summarise_evaluation(spec: RunSpec, method: str) -> dict:
     metric.update(store.read(f"evaluation/{method}/y"), store.read(f"evaluation/{method}/y_masked"))
     s = metric.summary()
     out = {"mAD": round(s["AD"], 4), "mAI": round(s["AI"], 4), "n": int(s["n"])}
-    if method == "RI":
-        out["covered_unseen"] = int(store.read("evaluation/RI/covered").sum())
+    if is_ri(method):
+        out["covered_unseen"] = int(store.read(f"evaluation/{method}/covered").sum())
     store.root[f"evaluation/{method}"].attrs.update(out)
     return out

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.methods import get_method
-from repint.ranking import rank_similar
+from repint.tasks.casestudy import case_study, eq6_neighbours
 from repint.tasks.common import RunSpec, open_store, source
 from repint.tasks.evaluate import load_interpretation
 
@@ -23,19 +23,10 @@ def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict
     import matplotlib.pyplot as plt
 
     x = int(store.read("centres/input_index")[centre])
-    covered = np.flatnonzero(store.read("polytopes/covered", centre))
-    covered = covered[covered != x]
+    similar = eq6_neighbours(spec, store, centre, top)
     ids = store.read("polytopes/boundaries", centre)
     ids = ids[ids >= 0]
     feats = store.root["reference/features"]
-    psi_x = np.asarray(feats[x])
-    if len(ids) and len(covered):
-        W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None)))
-        order = rank_similar(W, psi_x, feats.get_orthogonal_selection((covered,)),
-                             unit=bool(spec.interpretation.get("unit_normals", True)))
-        similar = covered[order[:top]]
-    else:
-        similar = covered[:top]
     shown = np.concatenate([[x], similar]).astype(int)
     images = source(spec, "reference").load(shown)
     interp = load_interpretation(store, "RI", centre)
@@ -92,9 +83,10 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         **(extra or {}),
     }
     case = int(spec.evaluation.get("case_studies", 3))
-    figures = [_figure(spec, store, int(c), out / f"interpretation-{int(c)}.png")
-               for c in np.argsort(-n_cov, kind="stable")[:case]]
-    summary["figures"] = figures
+    chosen = [int(c) for c in np.argsort(-n_cov, kind="stable")[:case]]  # the most representative
+    summary["figures"] = [_figure(spec, store, c, out / f"interpretation-{c}.png") for c in chosen
+                          if "RI" in spec.evaluation["methods"]]
+    summary["case_studies"] = [case_study(spec, store, c, out / f"case-study-{c}.png") for c in chosen]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     rows = [{"method": m, "mAD (%)": r["mAD"], "mAI (%)": r["mAI"], "n": r["n"],
              "covered unseen": r.get("covered_unseen", "")} for m, r in results.items()]

@@ -59,11 +59,14 @@ def table1(dataset: str, methods: dict[str, dict[str, Any]]) -> str:
 
 @task(name="study-report", task_run_name="study-report")
 def write_study(specs: list[RunSpec], summaries: list[dict[str, Any]], out_dir: str,
-                timings: dict[str, float]) -> dict[str, Any]:
-    """``summary.json`` (per-method mean ± std), ``records.csv`` and the Table-1 artifacts."""
+                timings: dict[str, float], variant_specs: list[tuple[RunSpec, int]] | None = None) -> dict[str, Any]:
+    """``summary.json`` (per-method mean ± std), ``records.csv`` and the Table-1 artifacts.
+
+    ``variant_specs`` are the (spec, run) pairs of RI variants evaluated in stores of their own."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = pd.concat([run_records(s, i) for i, s in enumerate(specs)], ignore_index=True)
+    records = pd.concat([run_records(s, i) for i, s in enumerate(specs)]
+                        + [run_records(s, i) for s, i in variant_specs or []], ignore_index=True)
     records.to_csv(out / "records.csv", index=False)
     methods = aggregate([s["methods"] for s in summaries])
     first = summaries[0]

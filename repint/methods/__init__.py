@@ -11,7 +11,10 @@ from repint.methods.base import (
     Method,
     available_methods,
     get_method,
+    parse_variant,
     register,
+    variant_name,
 )
 
-__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "register"]
+__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "parse_variant",
+           "register", "variant_name"]

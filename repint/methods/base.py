@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -17,7 +17,8 @@ from torch import nn
 from repint.heatmaps import cam_maps
 from repint.metrics import keep_top_fraction
 
-__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "register"]
+__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "parse_variant", "register",
+           "variant_name"]
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Method(ABC):
     """One interpretation method, registered by :attr:`name`."""
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1  # part of the stored interpretations' fingerprint: bump when results change
     needs_cluster: ClassVar[bool] = False  # interpret() needs the cluster's images (ACE)
     model: nn.Module | None = None
     layer: str = ""
@@ -95,8 +97,46 @@ def available_methods() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_method(name: str) -> Method:
+def _value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
     try:
-        return _REGISTRY[name]()
+        return int(low)
+    except ValueError:
+        return text.strip()
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``"RI[orient=false,q=100]"`` -> ``("RI", {"orient": False, "q": 100})``; a plain name has no overrides.
+
+    A variant is a registered method run with other ``interpretation`` settings (method.md's variants),
+    reported under its own name beside the method.
+    """
+    if not name.endswith("]") or "[" not in name:
+        return name, {}
+    base, _, inner = name[:-1].partition("[")
+    overrides = {}
+    for part in filter(None, inner.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"Method variant {name!r}: expected key=value inside [...], got {part!r}.")
+        overrides[key.strip()] = _value(value)
+    return base, overrides
+
+
+def variant_name(base: str, overrides: dict[str, Any]) -> str:
+    """The inverse of :func:`parse_variant`: ``("RI", {"orient": False})`` -> ``"RI[orient=false]"``."""
+    if not overrides:
+        return base
+    text = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
+    return f"{base}[{text}]"
+
+
+def get_method(name: str) -> Method:
+    """A fresh instance of the registered method ``name`` (a variant name gives its base method)."""
+    base, _ = parse_variant(name)
+    try:
+        return _REGISTRY[base]()
     except KeyError:
-        raise ValueError(f"Unknown method {name!r}; available: {', '.join(_REGISTRY)}.") from None
+        raise ValueError(f"Unknown method {base!r}; available: {', '.join(_REGISTRY)}.") from None

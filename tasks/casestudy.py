@@ -1,0 +1,110 @@
+"""The case study of the paper's Figure 2: for one interpretation's input ``x``, the top similar
+reference images by RI's Eq. 6 ranking (among the images its polytope covers) and by Euclidean
+distance in feature space, each with every method's map of the interpretation reused on it and the
+score ``Y'`` of the image masked by that map (the same keep-``fraction`` masking as AD/AI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repint.methods import get_method
+from repint.metrics import keep_top_fraction, mask_images
+from repint.ranking import rank_similar
+from repint.tasks.common import RunSpec, batched_forward, device, load_split, source
+from repint.tasks.evaluate import load_interpretation, softmax
+
+__all__ = ["case_study", "euclidean_neighbours", "eq6_neighbours"]
+
+
+def eq6_neighbours(spec: RunSpec, store, centre: int, top: int = 4) -> np.ndarray:  # noqa: ANN001
+    """Reference images covered by the polytope of ``centre``, most similar to its input by Eq. 6."""
+    x = int(store.read("centres/input_index")[centre])
+    covered = np.flatnonzero(store.read("polytopes/covered", centre))
+    covered = covered[covered != x]
+    ids = store.read("polytopes/boundaries", centre)
+    ids = ids[ids >= 0]
+    feats = store.root["reference/features"]
+    if not len(ids) or not len(covered):
+        return covered[:top]
+    W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None)))
+    order = rank_similar(W, np.asarray(feats[x]), feats.get_orthogonal_selection((covered,)),
+                         unit=bool(spec.interpretation.get("unit_normals", True)))
+    return covered[order[:top]]
+
+
+def euclidean_neighbours(store, x: int, top: int = 4, block: int = 1024) -> np.ndarray:  # noqa: ANN001
+    """The ``top`` reference images nearest to image ``x`` in ψ (flattened, Euclidean), ``x`` excluded;
+    read block by block so the features never need to fit in memory at once."""
+    feats = store.root["reference/features"]
+    psi_x = np.asarray(feats[x], dtype=np.float64).ravel()
+    n = feats.shape[0]
+    dist = np.empty(n)
+    for lo in range(0, n, block):
+        f = np.asarray(feats[lo: lo + block], dtype=np.float64).reshape(-1, psi_x.size)
+        dist[lo: lo + len(f)] = ((f - psi_x) ** 2).sum(1)
+    dist[x] = np.inf
+    return np.argsort(dist, kind="stable")[:top]
+
+
+def _maps_and_keep(spec: RunSpec, store, method: str, centre: int, images: np.ndarray,  # noqa: ANN001
+                   feats: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    sm = load_split(spec)
+    m = get_method(method).bind(sm.model, sm.layer)
+    interp = load_interpretation(store, method, centre)
+    try:
+        maps = m.heatmaps(interp, images, feats)
+    except NotImplementedError:  # ACE keeps whole segments: its map is its keep-mask
+        keep = m.keep_masks(interp, images, feats, fraction)
+        return keep.astype(np.float32), keep
+    return maps, keep_top_fraction(maps, fraction)
+
+
+def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
+    """Draw the case-study figure of ``centre`` into ``path`` and return what it shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(spec.evaluation["methods"])
+    fraction = float(spec.evaluation.get("keep_fraction", 0.2))
+    x = int(store.read("centres/input_index")[centre])
+    eq6, euc = eq6_neighbours(spec, store, centre, top), euclidean_neighbours(store, x, top)
+    shown = np.concatenate([[x], eq6, euc]).astype(int)
+    titles = ["input x"] + [f"Eq. 6 #{i + 1}" for i in range(len(eq6))] + [f"Euclid. #{i + 1}" for i in range(len(euc))]
+    images = source(spec, "reference").load(shown)
+    feats = store.root["reference/features"].get_orthogonal_selection((shown,))
+    logits = store.root["reference/logits"].get_orthogonal_selection((shown,))
+    cls = logits.argmax(1)
+    y = softmax(logits)[np.arange(len(shown)), cls]
+    sm, scores = load_split(spec), {}
+    fig, axes = plt.subplots(1 + len(methods), len(shown), figsize=(1.6 * len(shown), 1.75 * (1 + len(methods))),
+                             squeeze=False)
+    for j in range(len(shown)):
+        axes[0, j].imshow(images[j].transpose(1, 2, 0))
+        axes[0, j].set_title(f"{titles[j]}\nY={y[j]:.2f}", fontsize=7)
+    for i, method in enumerate(methods, 1):
+        maps, keep = _maps_and_keep(spec, store, method, centre, images, feats, fraction)
+        with torch.no_grad():
+            out = batched_forward(sm.model, mask_images(images, keep), int(spec.runtime["batch_size"]), device(spec))
+        y_masked = softmax(out)[np.arange(len(shown)), cls]
+        scores[method] = [round(float(v), 4) for v in y_masked]
+        for j in range(len(shown)):
+            axes[i, j].imshow(images[j].transpose(1, 2, 0))
+            axes[i, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[i, j].set_title(f"Y'={y_masked[j]:.2f}", fontsize=7)
+        axes[i, 0].set_ylabel(method, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Case study of interpretation {centre}: top-{top} similar by Eq. 6 (covered by P(x)) and by "
+                 f"Euclidean distance in ψ; maps reused from x, Y' keeps {fraction:.0%} of the pixels", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return {"centre": centre, "input": x, "eq6": eq6.tolist(), "euclidean": euc.tolist(), "y": [round(float(v), 4)
+            for v in y], "y_masked": scores, "png": path.name}

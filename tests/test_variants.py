@@ -1,0 +1,96 @@
+"""RI's variants (method.md): names, config validation, how a study plans them, and the case study's
+Euclidean neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from repint.config import Config, ConfigError
+from repint.methods import get_method, parse_variant, variant_name
+from repint.storage import FeatureStore
+
+overrides = st.fixed_dictionaries({}, optional={
+    "q": st.integers(1, 10_000), "q_sampling": st.sampled_from(["reference-points", "boundary-search"]),
+    "orient": st.booleans()})
+
+
+@given(overrides)
+def test_variant_names_round_trip(over):
+    name = variant_name("RI", over)
+    assert parse_variant(name) == ("RI", over)
+    assert (name == "RI") == (not over)
+
+
+def test_variant_name_reads_like_the_config():
+    assert variant_name("RI", {"q_sampling": "boundary-search", "orient": False}) == \
+        "RI[q_sampling=boundary-search,orient=false]"
+    assert parse_variant("Grad-CAM++") == ("Grad-CAM++", {})
+    assert type(get_method("RI[orient=false]")).__name__ == "RI"
+    with pytest.raises(ValueError, match="key=value"):
+        parse_variant("RI[orient]")
+    with pytest.raises(ValueError, match="Unknown method 'Nope'"):
+        get_method("Nope[orient=false]")
+
+
+def test_config_rejects_variants_that_change_nothing_measured(tmp_path):
+    from repint.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("evaluation:\n  variants: [{seed: 3}]\n")
+    with pytest.raises(ConfigError, match="evaluation.variants"):
+        load_config(cfg)
+    cfg.write_text("evaluation:\n  variants: [{q: 0}]\n")
+    with pytest.raises(ConfigError, match="greater than or equal to 1"):
+        load_config(cfg)
+
+
+def test_study_plans_orientation_on_the_run_store_and_q_variants_in_their_own(tmp_path):
+    from repint.flows.dag import run_spec, variant_plan
+    from repint.flows.spec import build_spec
+
+    cfg = Config.model_validate({"data": {"kind": "digits", "limit": 60}, "evaluation": {
+        "methods": ["RI", "Grad-CAM"], "variants": [{"q_sampling": "boundary-search"}, {"orient": False}]}})
+    spec = build_spec(cfg, tmp_path / "out")
+    main, own = variant_plan(spec)
+    assert main.evaluation["methods"] == ["RI", "Grad-CAM", "RI[orient=false]"]
+    assert main.store == spec.store
+    (v,) = own
+    assert v.evaluation["methods"] == ["RI[q_sampling=boundary-search]"]
+    assert v.interpretation["q_sampling"] == "boundary-search" and v.store.endswith("store-variant0.zarr")
+    r2 = run_spec(v, 2, 5)
+    assert r2.store.endswith("store-variant0-run2.zarr") and r2.interpretation["seed"] == 2
+    assert r2.out_dir.endswith("variant-0/run-2")
+
+
+def test_runs_resample_a_per_class_reference_set(tmp_path):
+    from repint.flows.dag import run_spec
+    from repint.tasks.common import RunSpec
+
+    base = dict(store=str(tmp_path / "s.zarr"), out_dir=str(tmp_path), dataset="d", unseen={}, model={},
+                evaluation={}, runtime={}, storage_options={}, interpretation={"seed": 7})
+    sampled = RunSpec(reference={"kind": "imagefolder", "per_class": 10, "seed": 7}, **base)
+    assert run_spec(sampled, 3, 5).reference["seed"] == 10
+    whole = RunSpec(reference={"kind": "imagefolder", "per_class": None, "seed": 7}, **base)
+    assert run_spec(whole, 3, 5).reference["seed"] == 7  # all images: nothing to resample
+
+
+def test_euclidean_neighbours_exclude_the_input_and_read_in_blocks(tmp_path):
+    from repint.tasks.casestudy import euclidean_neighbours
+
+    store = FeatureStore(str(tmp_path / "s.zarr"))
+    # ψ of 7 images [7, 1, 2, 1]: distances from image 2 (at 0, 0): 5, 1, 0, 4, 2, 3, 1
+    pts = np.array([[5, 0], [1, 0], [0, 0], [0, 4], [2, 0], [0, 3], [0, 1]], dtype=np.float32)
+    store.write("reference/features", pts.reshape(7, 1, 2, 1))
+    np.testing.assert_array_equal(euclidean_neighbours(store, 2, top=4, block=3), [1, 6, 4, 5])
+
+
+def test_examples_demo_yaml_is_what_repint_demo_runs():
+    from pathlib import Path
+
+    from repint.config import demo_config, load_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+    assert load_config(path) == demo_config()
