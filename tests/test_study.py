@@ -44,3 +44,38 @@ def test_two_runs_aggregate_and_records(prefect_harness, repint_cache, tmp_path)
     s0 = FeatureStore(str(tmp_path / "store-run0.zarr"), mode="r")
     s1 = FeatureStore(str(tmp_path / "store-run1.zarr"), mode="r")
     assert not np.array_equal(s0.read("boundaries/source"), s1.read("boundaries/source"))
+
+
+def test_variants_beside_ri_and_case_studies(prefect_harness, repint_cache, tmp_path):
+    from repint.flows import study
+    from repint.flows.spec import build_spec
+    from repint.tasks.casestudy import euclidean_neighbours
+
+    cfg = tiny_config(120, 1, 16)
+    cfg.evaluation.variants = [{"q_sampling": "boundary-search"}, {"orient": False}]
+    cfg.evaluation.case_studies = 1
+    summary = study(build_spec(cfg, tmp_path), runs=1)
+
+    names = ["RI", "Grad-CAM", "RI[orient=false]", "RI[q_sampling=boundary-search]"]
+    assert list(summary["methods"]) == names
+    records = pd.read_csv(tmp_path / "records.csv")
+    assert sorted(records.method.unique()) == sorted(names)
+    assert (records.groupby("method").size() == summary["n_unseen"]).all()
+    # the orientation variant shares the run's polytopes (same covered images), the Q variant has its own store
+    main = FeatureStore(str(tmp_path / "store.zarr"), mode="r")
+    np.testing.assert_array_equal(main.read("evaluation/RI[orient=false]/covered"), main.read("evaluation/RI/covered"))
+    own = FeatureStore(str(tmp_path / "store-variant0.zarr"), mode="r")
+    assert own.attrs["stages"]["boundaries"]["fingerprint"] != main.attrs["stages"]["boundaries"]["fingerprint"]
+    for variant in names[2:]:
+        r = records[records.method == variant]
+        ad = 100 * np.mean(np.maximum(0, r.Y - r.Y_masked) / r.Y)
+        assert ad == pytest.approx(summary["methods"][variant]["mAD"], abs=1e-3)
+
+    (case,) = summary["case_studies"]
+    assert (tmp_path / case["png"]).stat().st_size > 0
+    covered = np.flatnonzero(main.read("polytopes/covered", case["centre"]))
+    assert set(case["eq6"]) <= set(covered.tolist()) and case["input"] not in case["eq6"]
+    assert case["euclidean"] == euclidean_neighbours(main, case["input"]).tolist()
+    assert set(case["y_masked"]) == {"RI", "Grad-CAM", "RI[orient=false]"}
+    assert all(len(v) == 1 + len(case["eq6"]) + len(case["euclidean"]) and min(v) >= 0 and max(v) <= 1
+               for v in case["y_masked"].values())
