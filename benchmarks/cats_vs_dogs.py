@@ -72,8 +72,22 @@ def main() -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
+    print(markdown_table(results))
     print(f"wrote {RESULTS}")
     return 0
+
+
+def markdown_table(results: dict) -> str:
+    """Our five-run table beside the paper's ASIRRA row (what docs/benchmarks.md shows)."""
+    lines = ["| method | mAD (%) | mAI (%) | RI: covered unseen | paper ASIRRA mAD | paper ASIRRA mAI |",
+             "|---|---|---|---|---|---|"]
+    for m, r in results["methods"].items():
+        p = results["paper_asirra"].get(m)
+        cov = f"{r['covered_unseen']:.0f} ± {r['covered_unseen_std']:.0f} / {r['n']}" if "covered_unseen" in r else ""
+        paper = (f"{p['mAD']:.2f} ± {p['mAD_std']:.2f}", f"{p['mAI']:.2f} ± {p['mAI_std']:.2f}") if p else ("", "")
+        lines.append(f"| {m} | {r['mAD']:.2f} ± {r['mAD_std']:.2f} | {r['mAI']:.2f} ± {r['mAI_std']:.2f} | {cov} | "
+                     f"{paper[0]} | {paper[1]} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

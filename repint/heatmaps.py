@@ -13,19 +13,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["boundary_channel_weights", "cam_maps", "normalise_maps"]
+__all__ = ["boundary_channel_weights", "cam_maps", "normalise_maps", "oriented_boundaries", "spatial_maps"]
 
 
-def boundary_channel_weights(W: np.ndarray, b: np.ndarray, psi_x: np.ndarray, orient: bool = True) -> np.ndarray:
-    """Channel weights ``[P, K]`` of boundaries ``W`` ``[P, K*h*w]`` (or ``[P, K, h, w]``) at input ``ψ(x)``
-    ``[K, h, w]``. ``orient`` flips each ``W`` to ``x``'s positive side (the paper); ``False`` keeps the
-    raw sign (the authors' code)."""
+def oriented_boundaries(W: np.ndarray, b: np.ndarray, psi_x: np.ndarray, orient: bool = True) -> np.ndarray:
+    r"""Boundaries ``W`` ``[P, K*h*w]`` (or ``[P, K, h, w]``) as ``[P, K, h*w]`` float64; ``orient`` flips
+    each to ``x``'s positive side, :math:`\langle W, ψ(x)\rangle + b \ge 0` (the paper); ``False``
+    keeps the raw sign (the authors' code)."""
     K = psi_x.shape[0]
     Wr = np.asarray(W, dtype=np.float64).reshape(len(W), K, -1)
     if orient:
         side = Wr.reshape(len(W), -1) @ psi_x.reshape(-1).astype(np.float64) + np.asarray(b, dtype=np.float64)
         Wr = Wr * np.where(side >= 0, 1.0, -1.0)[:, None, None]
-    return Wr.mean(axis=2)
+    return Wr
+
+
+def boundary_channel_weights(W: np.ndarray, b: np.ndarray, psi_x: np.ndarray, orient: bool = True) -> np.ndarray:
+    """Channel weights ``[P, K]`` (the spatial mean of each oriented boundary, Sec. 5.1) of boundaries
+    ``W`` at input ``ψ(x)`` ``[K, h, w]``; see :func:`oriented_boundaries`."""
+    return oriented_boundaries(W, b, psi_x, orient).mean(axis=2)
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -43,5 +49,16 @@ def cam_maps(alpha: np.ndarray, features: np.ndarray, size: tuple[int, int]) -> 
     a = torch.as_tensor(np.atleast_2d(alpha), dtype=torch.float32)
     f = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     raw = torch.relu(torch.einsum("pk,nkhw->nphw", a, f))
+    up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
+    return normalise_maps(up).mean(dim=1).numpy()
+
+
+def spatial_maps(W: np.ndarray, features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    r"""Heat maps ``[n, H, W]`` of oriented boundaries ``W`` ``[P, K, h, w]`` without the spatial mean:
+    :math:`\mathrm{ReLU}(\sum_k W^k_{ij} ψ^k_{ij}(x'))`, the exact share of position ``(i, j)`` in the
+    boundary's value :math:`\langle W, ψ(x')angle`, upsampled, normalised, averaged over ``P``."""
+    w = torch.as_tensor(np.asarray(W), dtype=torch.float32)
+    f = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    raw = torch.relu(torch.einsum("pkhw,nkhw->nphw", w, f))
     up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
     return normalise_maps(up).mean(dim=1).numpy()

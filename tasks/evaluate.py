@@ -58,8 +58,9 @@ def assign_unseen(spec: RunSpec) -> dict:
 
 
 def is_ri(method: str) -> bool:
-    """RI or one of its variants (``RI[orient=false]``, ...)."""
-    return parse_variant(method)[0] == "RI"
+    """A method built on RI's polytopes (RI, RI-exact, their variants such as ``RI[orient=false]``):
+    it gets the polytope's boundaries and is reused on the unseen images the polytope covers."""
+    return get_method(method).uses_polytope
 
 
 def method_settings(spec: RunSpec, method: str) -> dict:

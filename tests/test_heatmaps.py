@@ -87,3 +87,38 @@ def test_normalise_maps():
     maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]]])
     # map 0: (x - 1) / 4; map 1 constant -> 0
     np.testing.assert_allclose(normalise_maps(maps).numpy(), [[[0, 0.5], [0.25, 1]], [[0, 0], [0, 0]]])
+
+
+def test_spatial_maps_of_ri_exact_by_hand():
+    from repint.heatmaps import oriented_boundaries, spatial_maps
+
+    W = np.array([[[1.0, -1.0], [2.0, 0.0]]])  # one boundary, K = 1, h = w = 2
+    ones = np.ones((1, 1, 2, 2))
+    # <W, ψ(x)> + b = 2 > 0: kept as it is; ReLU(W * ψ(x')) = [[1, 0], [2, 0]] -> normalised
+    Wo = oriented_boundaries(W.reshape(1, -1), np.zeros(1), ones[0]).reshape(1, 1, 2, 2)
+    np.testing.assert_allclose(spatial_maps(Wo, ones, (2, 2))[0], [[0.5, 0.0], [1.0, 0.0]])
+    # b = -3 puts x on the negative side: flipped, ReLU(-W) = [[0, 1], [0, 0]]
+    Wo = oriented_boundaries(W.reshape(1, -1), np.array([-3.0]), ones[0]).reshape(1, 1, 2, 2)
+    np.testing.assert_allclose(spatial_maps(Wo, ones, (2, 2))[0], [[0.0, 1.0], [0.0, 0.0]])
+    # the channel-mean map of Sec. 5.1 cannot tell the positions apart here: α = 0.5 everywhere
+    from repint.heatmaps import boundary_channel_weights, cam_maps
+
+    alpha = boundary_channel_weights(W.reshape(1, -1), np.zeros(1), ones[0])
+    np.testing.assert_allclose(alpha, [[0.5]])
+    np.testing.assert_allclose(cam_maps(alpha, ones, (2, 2))[0], np.zeros((2, 2)))  # constant map -> zero
+
+
+def test_ri_exact_reuses_the_oriented_normals_of_the_polytope():
+    from repint.methods import InterpretationInput, get_method
+
+    m = get_method("RI-exact")
+    assert m.uses_polytope and get_method("RI").uses_polytope and not get_method("Grad-CAM").uses_polytope
+    psi_x = np.ones((1, 2, 2))
+    W = np.array([[1.0, -1.0, 2.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
+    inp = InterpretationInput(model=None, layer="", image=np.zeros((3, 2, 2)), features=psi_x, predicted_class=0,
+                              boundaries_W=W, boundaries_b=np.zeros(2))
+    interp = m.interpret(inp)
+    # the second boundary: <W, ψ(x)> = -1 < 0 -> flipped to [0, 0, 0, 1]
+    np.testing.assert_allclose(interp["W"].reshape(2, 4), [[1, -1, 2, 0], [0, 0, 0, 1]])
+    maps = m.heatmaps(interp, np.zeros((1, 3, 2, 2)), np.ones((1, 1, 2, 2)))
+    np.testing.assert_allclose(maps[0], ([[0.5, 0.0], [1.0, 0.0]] + np.array([[0, 0], [0, 1.0]])) / 2)

@@ -46,6 +46,7 @@ class Method(ABC):
     name: ClassVar[str]
     version: ClassVar[int] = 1  # part of the stored interpretations' fingerprint: bump when results change
     needs_cluster: ClassVar[bool] = False  # interpret() needs the cluster's images (ACE)
+    uses_polytope: ClassVar[bool] = False  # interpret() needs P(x); reused on the images P(x) covers (RI)
     model: nn.Module | None = None
     layer: str = ""
 
