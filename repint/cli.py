@@ -13,25 +13,26 @@ __all__ = ["main"]
 
 
 def _table(summary: dict[str, Any]) -> str:
+    runs = summary.get("runs", 1)
+    w = max(12, *(len(name) + 2 for name in summary["methods"]))
+    col = 16 if runs > 1 else 10
     lines = [f"RepInt on {summary['dataset']}: {summary['n_reference']} reference / {summary['n_unseen']} unseen "
              f"images, {summary['n_classes']} classes, {summary['n_interpretations']} interpretations, "
              f"|Q| = {summary['q']} ({summary['q_sampling']})", "",
-             f"{'method':<12}{'mAD (%)':>10}{'mAI (%)':>10}{'covered unseen':>16}", "-" * 48]
-    runs = summary.get("runs", 1)
-    if runs > 1:
-        lines[-2:] = [f"{'method':<12}{'mAD (%)':>16}{'mAI (%)':>16}{'covered unseen':>16}   ({runs} runs)", "-" * 60]
+             f"{'method':<{w}}{'mAD (%)':>{col}}{'mAI (%)':>{col}}{'covered unseen':>16}"
+             + (f"   ({runs} runs)" if runs > 1 else ""), "-" * (w + 2 * col + 16)]
     for name, r in summary["methods"].items():
         cov = f"{r['covered_unseen']:.0f}/{r['n']}" if "covered_unseen" in r else ""
         if runs > 1:
             ad, ai = f"{r['mAD']:.2f} ± {r['mAD_std']:.2f}", f"{r['mAI']:.2f} ± {r['mAI_std']:.2f}"
-            lines.append(f"{name:<12}{ad:>16}{ai:>16}{cov:>16}")
         else:
-            lines.append(f"{name:<12}{r['mAD']:>10.2f}{r['mAI']:>10.2f}{cov:>16}")
+            ad, ai = f"{r['mAD']:.2f}", f"{r['mAI']:.2f}"
+        lines.append(f"{name:<{w}}{ad:>{col}}{ai:>{col}}{cov:>16}")
     p = summary["polytopes"]
     lines += ["", f"polytopes: mean size {p['mean_size']:.1f}, mean coverage {p['mean_covered']:.1f} reference "
                   f"images, mean purity {p['mean_purity']:.3f}",
               f"time: {summary['timings_s'].get('total', float('nan')):.1f} s; "
-              f"output in {Path(summary['store']).parent}"]
+              f"output in {Path(summary['store']).parent} (report.html)"]
     return "\n".join(lines)
 
 
