@@ -17,7 +17,13 @@ from repint.ranking import rank_similar
 from repint.tasks.common import RunSpec, batched_forward, device, load_split, source
 from repint.tasks.evaluate import load_interpretation, softmax
 
-__all__ = ["case_study", "euclidean_neighbours", "eq6_neighbours"]
+__all__ = ["case_study", "euclidean_neighbours", "eq6_neighbours", "representative_centres"]
+
+
+def representative_centres(store, n: int) -> list[int]:  # noqa: ANN001
+    """The ``n`` interpretations whose polytopes cover the most reference images (ties: lowest id);
+    the ones the figures, case studies and report galleries show."""
+    return [int(c) for c in np.argsort(-store.read("polytopes/n_covered"), kind="stable")[:n]]
 
 
 def eq6_neighbours(spec: RunSpec, store, centre: int, top: int = 4) -> np.ndarray:  # noqa: ANN001

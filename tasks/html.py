@@ -18,6 +18,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from repint.methods import get_method
 from repint.metrics import mask_images
 from repint.storage import FeatureStore
+from repint.tasks.casestudy import representative_centres
 from repint.tasks.common import RunSpec, logger, open_store, source
 from repint.tasks.evaluate import load_interpretation
 
@@ -253,10 +254,9 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
     spec = specs[0]
     store = open_store(spec, mode="r")
     attrs = store.attrs
-    n_cov = store.read("polytopes/n_covered")
     case = int(spec.evaluation.get("case_studies", 3))
     figures = {int(f["centre"]): f for f in summary.get("figures", [])}
-    galleries = [gallery(spec, store, int(c), figures) for c in np.argsort(-n_cov, kind="stable")[:case]]
+    galleries = [gallery(spec, store, c, figures) for c in representative_centres(store, case)]
     rows = results_rows(summary)
     folders = [out, *dict.fromkeys(Path(s.out_dir) for s in specs)]
     context = {

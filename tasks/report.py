@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.methods import get_method
-from repint.tasks.casestudy import case_study, eq6_neighbours
+from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
 from repint.tasks.common import RunSpec, open_store, source
 from repint.tasks.evaluate import load_interpretation
 
@@ -83,7 +83,7 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         **(extra or {}),
     }
     case = int(spec.evaluation.get("case_studies", 3))
-    chosen = [int(c) for c in np.argsort(-n_cov, kind="stable")[:case]]  # the most representative
+    chosen = representative_centres(store, case)
     summary["figures"] = [_figure(spec, store, c, out / f"interpretation-{c}.png") for c in chosen
                           if "RI" in spec.evaluation["methods"]]
     summary["case_studies"] = [case_study(spec, store, c, out / f"case-study-{c}.png") for c in chosen]
