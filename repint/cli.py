@@ -87,6 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     ckpt = args.out or cfg.model.checkpoint
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
     if not ckpt:
         raise SystemExit("repint train: give --out CHECKPOINT or set model.checkpoint in the config.")
     ref, uns, _ = data_sources(cfg)
@@ -99,6 +103,30 @@ def cmd_train(args: argparse.Namespace) -> int:
                           cfg.data.std, cfg.train.model_dump(), checkpoint=ckpt, device=cfg.runtime.device)
     print(json.dumps({k: meta[k] for k in ("checkpoint", "train_accuracy", "test_accuracy", "train_seconds")
                       if k in meta}, indent=2))
+    if os.environ.get("PREFECT_API_URL") and not args.no_event:
+        from repint.flows.events import emit_checkpoint_updated
+
+        event = emit_checkpoint_updated(meta["checkpoint"], meta)
+        print(f"emitted {event.event if event else 'no'} event for {meta['checkpoint']} "
+              f"to {os.environ['PREFECT_API_URL']}")
+    return 0
+
+
+def cmd_reinterpret(args: argparse.Namespace) -> int:
+    from repint.flows.entry import reinterpret
+
+    result = reinterpret(config=args.config, out=args.out, checkpoint=args.checkpoint, force=args.force,
+                         dask_address=args.dask_address)
+    if result["status"] == "unchanged":
+        print(f"no change since version {result['version']} ({result['out_dir']}): checkpoint, data and settings "
+              "are the same; nothing re-interpreted")
+        return 0
+    print(f"version {result['version']} in {result['out_dir']} (changed: {', '.join(result['changed'])})")
+    d = result.get("drift")
+    if d:
+        print(f"drift against version {d['previous_version']}: {d['n_matched']}/{d['n_centres']} centres matched, "
+              f"mean Jaccard {d['mean_jaccard']}, mean heat-map correlation {d['mean_heatmap_correlation']}, "
+              f"mean |change of |P|| {d['mean_abs_size_change']} (drift.md, report.html)")
     return 0
 
 
@@ -115,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output folder (store.zarr, summary.json, PNGs)")
     d.add_argument("--quick", action="store_true", help="a smoke test: 400 images, one run, no variants")
     d.add_argument("--threads", action="store_true", help="thread task runner instead of a local Dask cluster")
+    d.add_argument("--dask-address", help="run the Dask-parallel tasks on an existing cluster (tcp://HOST:PORT; "
+                   "docs/cluster.md)")
     d.add_argument("--runs", type=int, help="repeat with N seeds and report mean ± std (default 5)")
     r = sub.add_parser("run", help="run the pipeline on your own data and model (YAML config)",
                        description="Run the whole pipeline as configured; see examples/config.yaml.")
@@ -128,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "write a state-dict checkpoint that `repint run` loads with weights_only=True.")
     t.add_argument("config", help="YAML config")
     t.add_argument("--out", help="checkpoint path (default: model.checkpoint)")
+    t.add_argument("--seed", type=int, help="training seed (default: train.seed)")
+    t.add_argument("--epochs", type=int, help="epochs (default: train.epochs)")
+    t.add_argument("--no-event", action="store_true", help="do not emit the repint.checkpoint.updated event "
+                   "(emitted when PREFECT_API_URL is set, for deployments triggered by retraining)")
+    ri = sub.add_parser("reinterpret", help="re-interpret only if the model, data or settings changed; new "
+                        "version + drift report", description="Fingerprint the checkpoint, the data and the "
+                        "settings; if they equal the last version's in OUT, stop; otherwise write OUT/vNNNN and a "
+                        "drift report against the previous version (drift.md, report.html).")
+    ri.add_argument("config", help="YAML config (e.g. examples/reinterpret.yaml)")
+    ri.add_argument("--out", required=True, help="folder of the versions (OUT/versions.json, OUT/v0001, ...)")
+    ri.add_argument("--checkpoint", help="override model.checkpoint")
+    ri.add_argument("--force", action="store_true", help="write a new version even if nothing changed")
+    ri.add_argument("--dask-address", help="run the Dask-parallel tasks on an existing cluster (tcp://HOST:PORT)")
+    ri.set_defaults(fn=cmd_reinterpret)
     d.set_defaults(fn=cmd_demo)
     r.set_defaults(fn=cmd_run)
     t.set_defaults(fn=cmd_train)

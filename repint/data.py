@@ -48,6 +48,14 @@ class ImageSource(ABC):
         h.update(self.labels.tobytes())
         return h.hexdigest()[:16]
 
+    def content_fingerprint(self, batch: int = 256) -> str:
+        """:meth:`fingerprint` plus the images themselves (their pixels; an image folder hashes its
+        files' bytes), so that an image replaced under the same name counts as a change."""
+        h = hashlib.sha256(self.fingerprint().encode())
+        for lo in range(0, len(self), batch):
+            h.update(np.ascontiguousarray(self.load(np.arange(lo, min(lo + batch, len(self))))).tobytes())
+        return h.hexdigest()[:16]
+
 
 def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
     import torch
@@ -152,6 +160,12 @@ class ImageFolderSource(ImageSource):
 
     def load(self, indices: np.ndarray) -> np.ndarray:
         return np.stack([_decode(self._paths[i], self.image_size) for i in np.asarray(indices)])
+
+    def content_fingerprint(self, batch: int = 256) -> str:
+        h = hashlib.sha256(self.fingerprint().encode())
+        for p in self._paths:
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+        return h.hexdigest()[:16]
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "imagefolder", "root": str(self.root), "image_size": self.image_size,
