@@ -25,7 +25,7 @@ from repint.flows.spec import file_sha256
 from repint.methods import variant_name
 from repint.tasks.boundaries import prepare_signs, sample_boundaries, sign_chunk
 from repint.tasks.centres import compute_centres
-from repint.tasks.common import RunSpec, logger
+from repint.tasks.common import RunSpec, logger, open_store
 from repint.tasks.evaluate import (
     assign_unseen,
     evaluate_chunk,
@@ -42,8 +42,8 @@ from repint.tasks.solve import prepare_polytopes, solve_centre
 from repint.tasks.study import write_study
 from repint.tasks.train import train_model
 
-__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "run_config", "study",
-           "task_runner"]
+__all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "preflight_cluster",
+           "run_config", "study", "task_runner"]
 
 
 def track(futures: Sequence[PrefectFuture], key: str, description: str) -> list[Any]:
@@ -73,6 +73,9 @@ def task_runner(spec: RunSpec) -> Any:
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # keep Dask's INFO/WARNING chatter out of the logs
     if rt.get("dask_address"):
+        from repint.flows.cluster import check_scheduler
+
+        check_scheduler(rt["dask_address"])  # an unreachable address is a clear error now, not a hang later
         return DaskTaskRunner(address=rt["dask_address"])
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": rt.get("n_workers", 2), "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
@@ -88,6 +91,24 @@ def _worker_env() -> dict[str, str]:
     ctx = FlowRunContext.get()
     url = os.environ.get("PREFECT_API_URL") or (str(ctx.client.api_url) if ctx and ctx.client else "")
     return {"PREFECT_API_URL": url} if url else {}
+
+
+def preflight_cluster(spec: RunSpec) -> dict[str, dict[str, Any]]:
+    """Before tasks go to the existing cluster at ``runtime.dask_address``: every worker imports
+    RepInt at this version and reaches this very store (``repint.flows.cluster``; a
+    ``ClusterError`` names each worker and what to do). Warns about workers whose task runs would
+    not report to this flow's Prefect API."""
+    from repint.flows.cluster import check_cluster
+
+    address = spec.runtime["dask_address"]
+    results = check_cluster(address, spec.store, spec.storage_options, store_id=open_store(spec, mode="r").store_id)
+    log, url = logger(), _worker_env().get("PREFECT_API_URL", "").rstrip("/")
+    elsewhere = sorted(w for w, r in results.items() if url and (r.get("prefect_api_url") or "").rstrip("/") != url)
+    if elsewhere:
+        log.warning(f"Dask workers {', '.join(elsewhere)} do not have PREFECT_API_URL={url}: their task runs will "
+                    "not show up on this run's Prefect server. Start the workers with that variable set.")
+    log.info(f"Dask cluster at {address}: {len(results)} workers with repint and the store {spec.store}")
+    return results
 
 
 @flow(name="ingest", flow_run_name="ingest-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -107,6 +128,8 @@ def ingest_flow(spec: RunSpec) -> dict[str, int]:
 def boundaries_flow(spec: RunSpec) -> dict[str, int]:
     """Sample Q (after the centres, which the boundary-search variant needs), then one
     Dask-parallel task per chunk computes that chunk's sign bits."""
+    if spec.runtime.get("dask_address"):
+        preflight_cluster(spec)  # the store exists now (ingest made it); workers must import repint and reach it
     compute_centres(spec)
     info = sample_boundaries(spec)
     for split in ("reference", "unseen"):
@@ -160,9 +183,10 @@ def pipeline(spec: RunSpec) -> dict[str, Any]:
     """The whole DAG on one spec; writes ``summary.json`` and figures into ``spec.out_dir``."""
     log, timings = logger(), {}
     t0 = time.perf_counter()
+    dask_runner = task_runner(spec)  # first: an unreachable --dask-address fails before training and ingest
     spec, meta = with_default_model(spec)
     timings["train"] = time.perf_counter() - t0
-    for name, fl, runner in (("ingest", ingest_flow, None), ("boundaries", boundaries_flow, task_runner(spec)),
+    for name, fl, runner in (("ingest", ingest_flow, None), ("boundaries", boundaries_flow, dask_runner),
                              ("interpret", interpret_flow, None), ("evaluate", evaluate_flow, None)):
         t = time.perf_counter()
         result = (fl.with_options(task_runner=runner) if runner else fl)(spec)
