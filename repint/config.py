@@ -3,13 +3,15 @@ that name the key path."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["ALL_METHODS", "Config", "ConfigError", "demo_config", "load_config"]
+__all__ = ["ALL_METHODS", "Config", "ConfigError", "demo_config", "expand_env", "load_config"]
 
 ALL_METHODS = ["RI", "Grad-CAM", "Grad-CAM++", "Score-CAM", "ACE"]
 
@@ -88,6 +90,34 @@ class RuntimeConfig(_Strict):
     n_workers: int = Field(2, ge=1)
 
 
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, where: str = "storage_options") -> Any:
+    """``${VAR}`` (or ``${VAR:-default}``) in every string of ``value`` replaced by the environment
+    variable, so that credentials need not be written into config files; ``$$`` is a literal ``$``.
+    An unset variable without a default is an error that names the key and the variable (never a value)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ValueError(f"{where} refers to the environment variable {name}, which is not set; export it "
+                         f"(or write ${{{name}:-default}})")
+
+    return _ENV_REF.sub(sub, value)
+
+
 class Config(_Strict):
     name: str = "run"
     data: DataConfig = DataConfig()
@@ -97,7 +127,13 @@ class Config(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     store: str | None = Field(None, description="path or fsspec URL of the Zarr store (default OUT/store.zarr)")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the store URL; ${VAR} is read from the environment")
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _expand_env(cls, value: Any) -> Any:
+        return expand_env(value) if isinstance(value, dict) else value
 
 
 def demo_config() -> Config:

@@ -17,7 +17,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from repint.methods import get_method
 from repint.metrics import mask_images
-from repint.storage import FeatureStore
+from repint.storage import FeatureStore, redact_url
 from repint.tasks.casestudy import representative_centres
 from repint.tasks.common import RunSpec, logger, open_store, source
 from repint.tasks.evaluate import load_interpretation
@@ -210,7 +210,7 @@ def fingerprints(specs: list[RunSpec]) -> dict[str, Any]:
             attrs = open_store(spec, mode="r").attrs
         except Exception:  # a store that cannot be opened is reported as such, not crashed on
             attrs = {}
-        runs.append({"run": i, "seed": spec.interpretation.get("seed"), "store": spec.store,
+        runs.append({"run": i, "seed": spec.interpretation.get("seed"), "store": redact_url(spec.store),
                      "store_id": attrs.get("store_id", "?"), "code_version": attrs.get("code_version", "?"),
                      "data_reference": attrs.get("data_fingerprint_reference", "?"),
                      "data_unseen": attrs.get("data_fingerprint_unseen", "?"), "out_dir": spec.out_dir})

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.methods import get_method
+from repint.storage import redact_url
 from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
 from repint.tasks.common import RunSpec, open_store, source
 from repint.tasks.evaluate import load_interpretation
@@ -79,7 +80,7 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
                            "reference": attrs.get("skipped_reference", []), "unseen": attrs.get("skipped_unseen", [])},
         "q_clamped": attrs.get("q_clamped", []),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "store": spec.store,
+        "store": redact_url(spec.store),  # never credentials in URL user info
         **(extra or {}),
     }
     case = int(spec.evaluation.get("case_studies", 3))

@@ -11,6 +11,7 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from repint.storage import redact_url
 from repint.tasks.common import RunSpec, open_store
 
 
@@ -73,7 +74,7 @@ def write_study(specs: list[RunSpec], summaries: list[dict[str, Any]], out_dir: 
     summary = {**{k: v for k, v in first.items() if k not in ("methods", "figures", "timings_s", "store")},
                "runs": len(summaries), "seeds": [s.interpretation["seed"] for s in specs], "methods": methods,
                "run_dirs": [s.out_dir for s in specs], "figures": first.get("figures", []),
-               "timings_s": {k: round(v, 3) for k, v in timings.items()}, "store": first["store"]}
+               "timings_s": {k: round(v, 3) for k, v in timings.items()}, "store": redact_url(first["store"])}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     rows = [{"method": m, "mAD (%)": f"{r['mAD']:.2f} ± {r['mAD_std']:.2f}",
              "mAI (%)": f"{r['mAI']:.2f} ± {r['mAI_std']:.2f}", "runs": r["runs"]} for m, r in methods.items()]
