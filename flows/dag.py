@@ -43,7 +43,7 @@ from repint.tasks.study import write_study
 from repint.tasks.train import train_model
 
 __all__ = ["boundaries_flow", "evaluate_flow", "ingest_flow", "interpret_flow", "pipeline", "preflight_cluster",
-           "run_config", "study", "task_runner"]
+           "study", "task_runner"]
 
 
 def track(futures: Sequence[PrefectFuture], key: str, description: str) -> list[Any]:
@@ -99,15 +99,17 @@ def preflight_cluster(spec: RunSpec) -> dict[str, dict[str, Any]]:
     ``ClusterError`` names each worker and what to do). Warns about workers whose task runs would
     not report to this flow's Prefect API."""
     from repint.flows.cluster import check_cluster
+    from repint.storage import redact_url, reveal_secrets
 
     address = spec.runtime["dask_address"]
-    results = check_cluster(address, spec.store, spec.storage_options, store_id=open_store(spec, mode="r").store_id)
+    results = check_cluster(address, spec.store, reveal_secrets(spec.storage_options),
+                            store_id=open_store(spec, mode="r").store_id)
     log, url = logger(), _worker_env().get("PREFECT_API_URL", "").rstrip("/")
     elsewhere = sorted(w for w, r in results.items() if url and (r.get("prefect_api_url") or "").rstrip("/") != url)
     if elsewhere:
         log.warning(f"Dask workers {', '.join(elsewhere)} do not have PREFECT_API_URL={url}: their task runs will "
                     "not show up on this run's Prefect server. Start the workers with that variable set.")
-    log.info(f"Dask cluster at {address}: {len(results)} workers with repint and the store {spec.store}")
+    log.info(f"Dask cluster at {address}: {len(results)} workers with repint and the store {redact_url(spec.store)}")
     return results
 
 
@@ -178,7 +180,7 @@ def with_default_model(spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
     return spec.model_copy(update={"model": model}), meta
 
 
-@flow(name="pipeline", flow_run_name="pipeline-{spec.dataset}")
+@flow(name="pipeline-run", flow_run_name="pipeline-{spec.dataset}")
 def pipeline(spec: RunSpec) -> dict[str, Any]:
     """The whole DAG on one spec; writes ``summary.json`` and figures into ``spec.out_dir``."""
     log, timings = logger(), {}
@@ -196,16 +198,6 @@ def pipeline(spec: RunSpec) -> dict[str, Any]:
     extra = {"model_training": {k: meta[k] for k in ("train_accuracy", "test_accuracy", "train_seconds")
                                 if k in meta}} if meta else {}
     return write_report(spec, result, timings, extra)
-
-
-@flow(name="run-config", flow_run_name="run-{config}")
-def run_config(config: str, out: str) -> dict[str, Any]:
-    """Entry point for deployments: the `pipeline` on a YAML config (paths relative to the config)."""
-    from repint.config import load_config
-    from repint.flows.spec import build_spec
-
-    cfg = load_config(config)
-    return study(build_spec(cfg, out), cfg.evaluation.runs)
 
 
 def _store_base(store: str) -> str:

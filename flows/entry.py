@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from repint.config import Config, demo_config, load_config
 from repint.flows.dag import run_spec, study, variant_plan, with_default_model
 from repint.flows.spec import build_spec
-from repint.storage import FeatureStore
+from repint.storage import FeatureStore, redact_url
 from repint.tasks.common import RunSpec, logger
 from repint.tasks.drift import drift_markdown, drift_report
 from repint.tasks.html import write_html_report
@@ -52,7 +52,18 @@ def config_with_overrides(config: str | None, checkpoint: str | None = None, ref
     return cfg
 
 
-@flow(name="pipeline", flow_run_name="pipeline-{out}")
+def _run_name(prefix: str) -> Any:
+    """A flow run name from the ``out`` folder's name (``reinterpret-digits``), not its whole path."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        return f"{prefix}-{Path(str(flow_run.parameters.get('out', prefix))).name}"
+
+    return name
+
+
+@flow(name="pipeline", flow_run_name=_run_name("pipeline"))
 def run_pipeline(config: str | None = None, out: str = "runs/pipeline", checkpoint: str | None = None,
                  reference: str | None = None, unseen: str | None = None, store: str | None = None,
                  layer: str | None = None, dask_address: str | None = None, runs: int | None = None) -> dict[str, Any]:
@@ -74,7 +85,7 @@ def _version_store(cfg: Config, folder: Path, version: int) -> str | None:
     return f"{base}-v{version:04d}.zarr"
 
 
-@flow(name="reinterpret", flow_run_name="reinterpret-{out}")
+@flow(name="reinterpret", flow_run_name=_run_name("reinterpret"))
 def reinterpret(config: str | None = None, out: str = "runs/reinterpret", checkpoint: str | None = None,
                 reference: str | None = None, unseen: str | None = None, store: str | None = None,
                 layer: str | None = None, dask_address: str | None = None, runs: int | None = None,
@@ -116,7 +127,7 @@ def reinterpret(config: str | None = None, out: str = "runs/reinterpret", checkp
         write_html_report(specs, summary, str(folder))
         result["drift"] = {k: v for k, v in drift.items() if k not in ("centres", "methods")}
     add_version(root, {"version": version, "fingerprints": fps, "changed": changed, "out_dir": str(folder),
-                       "store": first.store, "storage_options_keys": sorted(first.storage_options),
+                       "store": redact_url(first.store), "storage_options_keys": sorted(first.storage_options),
                        "checkpoint": spec.model.get("checkpoint"), "image_size": spec.model["image_size"],
                        "methods": {m: {k: r[k] for k in ("mAD", "mAI")} for m, r in summary["methods"].items()}})
     return result

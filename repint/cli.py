@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["main"]
 
 
-def _table(summary: dict[str, Any]) -> str:
+def _table(summary: dict[str, Any], out: str | None = None) -> str:
     runs = summary.get("runs", 1)
     w = max(12, *(len(name) + 2 for name in summary["methods"]))
     col = 16 if runs > 1 else 10
@@ -32,7 +32,7 @@ def _table(summary: dict[str, Any]) -> str:
     lines += ["", f"polytopes: mean size {p['mean_size']:.1f}, mean coverage {p['mean_covered']:.1f} reference "
                   f"images, mean purity {p['mean_purity']:.3f}",
               f"time: {summary['timings_s'].get('total', float('nan')):.1f} s; "
-              f"output in {Path(summary['store']).parent} (report.html)"]
+              f"output in {out or Path(summary['store']).parent} (report.html)"]
     return "\n".join(lines)
 
 
@@ -59,7 +59,7 @@ def _run(cfg: Any, out: str, args: argparse.Namespace) -> int:
     spec = build_spec(cfg, out)
     Path(out).mkdir(parents=True, exist_ok=True)
     summary = study(spec, cfg.evaluation.runs)
-    print(_table(summary))
+    print(_table(summary, out))
     return 0
 
 
