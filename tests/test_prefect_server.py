@@ -211,7 +211,7 @@ def screenshot(api_url: str, run_id: object, run_name: str, tmp_path: Path) -> N
         pytest.skip("Debian's chromium is not installed: no screenshot of the UI (apt-get install chromium)")
     from PIL import Image
 
-    target = Path(os.environ.get("REPINT_SCREENSHOT_DIR", tmp_path)) / "prefect-flow-run.png"
+    target = Path(os.environ.get("REPINT_SCREENSHOT_DIR", tmp_path)) / "prefect-study-run.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     page = api_url.removesuffix("/api") + f"/runs/flow-run/{run_id}"
     args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
