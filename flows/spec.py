@@ -23,15 +23,26 @@ def data_sources(cfg: Config) -> tuple[ImageSource, ImageSource, str]:
     if not d.reference or not d.unseen:
         raise ValueError(f"data.kind: {d.kind} needs both data.reference and data.unseen.")
     if d.kind == "arrays":
-        return (source_from_spec({"kind": "arrays", "path": d.reference}),
-                source_from_spec({"kind": "arrays", "path": d.unseen}), Path(d.reference).stem)
+        return (_named("data.reference", {"kind": "arrays", "path": d.reference}),
+                _named("data.unseen", {"kind": "arrays", "path": d.unseen}), Path(d.reference).stem)
     # built through source_from_spec's cache, so the tasks of this process never scan the folder again
-    ref = source_from_spec({"kind": "imagefolder", "root": d.reference, "image_size": d.image_size,
-                            "per_class": d.reference_per_class, "seed": cfg.interpretation.seed, "classes": None})
-    uns = source_from_spec({"kind": "imagefolder", "root": d.unseen, "image_size": d.image_size,
-                            "per_class": d.unseen_per_class, "seed": cfg.interpretation.seed,
-                            "classes": ref.class_names})
+    ref = _named("data.reference", {"kind": "imagefolder", "root": d.reference, "image_size": d.image_size,
+                                    "per_class": d.reference_per_class, "seed": cfg.interpretation.seed,
+                                    "classes": None})
+    uns = _named("data.unseen", {"kind": "imagefolder", "root": d.unseen, "image_size": d.image_size,
+                                 "per_class": d.unseen_per_class, "seed": cfg.interpretation.seed,
+                                 "classes": ref.class_names})
     return ref, uns, Path(d.reference).resolve().parent.name or "imagefolder"
+
+
+def _named(key: str, spec: dict[str, Any]) -> ImageSource:
+    """A source whose errors name the config key that points at it."""
+    try:
+        return source_from_spec(spec)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{key}: {exc}") from exc
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{key}: {exc}") from exc
 
 
 def file_sha256(path: str) -> str:
@@ -49,12 +60,15 @@ def default_layer(architecture: str, n_classes: int, image_size: int) -> str | N
 
 
 def validate_model(model: dict[str, Any]) -> None:
-    """Build and split the model once before any flow starts, so a wrong layer name or a head that
-    is not piecewise linear is reported at once (weights are not needed for that)."""
+    """Build and split the model once before any flow starts, so a wrong layer name, a head that is
+    not piecewise linear, or a checkpoint that does not load (a pickle carrying code, missing or
+    unexpected keys, wrong shapes) is reported at once, not from inside a task."""
     from repint.model import Classifier, split_model
-    from repint.nets import build_model
+    from repint.nets import build_model, load_checkpoint
 
     net = build_model(model["architecture"], model["num_classes"], model["image_size"])
+    if model.get("checkpoint"):
+        load_checkpoint(net, model["checkpoint"])
     split_model(Classifier(net, tuple(model["mean"]), tuple(model["std"])), "net." + model["layer"],
                 allow_nonlinear_head=model["allow_nonlinear_head"])
 
@@ -64,6 +78,10 @@ def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) 
     ref, uns, name = data_sources(cfg)
     n_classes = cfg.model.num_classes or len(ref.class_names)
     if n_classes < 2:
+        if len(ref.class_names) == 1:
+            raise ValueError(f"data.reference has a single class ({ref.class_names[0]!r}): RI explains a classifier "
+                             "of at least two classes (the boundaries lie between classes). Add the other classes' "
+                             "folders, or set model.num_classes to the model's number of outputs.")
         raise ValueError("The reference data has no labels to count classes from: set model.num_classes.")
     ckpt = checkpoint or cfg.model.checkpoint
     if ckpt and not Path(ckpt).is_file():

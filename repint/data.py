@@ -3,12 +3,17 @@
 Every source returns pixel-space ``float32`` images ``[n, 3, H, W]`` in ``[0, 1]`` by index, so the
 evaluation can re-read any image. ImageFolder files that do not decode are a *counted, reported skip*:
 they are found when the folder is scanned, listed in :attr:`ImageSource.skipped`, written to the
-store's attributes and to ``summary.json``, and never enter the reference or unseen set.
+store's attributes and to ``summary.json``, and never enter the reference or unseen set. That covers
+truncated or empty files, non-images with an image extension, unreadable files, and images over
+:data:`MAX_IMAGE_PIXELS` (a decompression-bomb guard). Grayscale, palette, RGBA (alpha dropped, as
+torchvision's loader does) and 16-bit images (scaled from 0..65535, not clipped at 255) are converted
+to RGB. ``docs/bad-inputs.md`` lists every case.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArraySource", "DigitsSource", "ImageFolderSource", "ImageSource", "source_from_spec"]
+__all__ = ["ArraySource", "DigitsSource", "ImageFolderSource", "ImageSource", "ImageTooLargeError", "max_image_pixels",
+           "source_from_spec"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -102,11 +108,49 @@ class DigitsSource(ImageSource):
                 "unseen_fraction": self.unseen_fraction, "limit": self.limit}
 
 
+def max_image_pixels() -> int | None:
+    """The largest image RepInt decodes: Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485 pixels,
+    about 9459 x 9459, unless changed), read at each call. Larger files are counted skips: decoding
+    one would take gigabytes of memory, and a tiny file can claim a huge size (a decompression bomb)."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+class ImageTooLargeError(ValueError):
+    """An image over :func:`max_image_pixels` (a counted skip, never decoded)."""
+
+
+def _too_large(path: Path, size: tuple[int, int] | None, limit: int | None) -> ImageTooLargeError:
+    dims = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "its size"
+    return ImageTooLargeError(
+        f"{path.name}: {dims} is over the limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS, a guard "
+        "against decompression bombs); downscale the image, or raise the limit in the process that runs RepInt "
+        "if you trust the file")
+
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
 def _decode(path: Path, image_size: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
+    limit = max_image_pixels()
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses to open it
+        raise _too_large(path, None, limit) from exc
+    with im:
+        if limit is not None and im.size[0] * im.size[1] > limit:  # Pillow only warns up to twice the limit
+            raise _too_large(path, im.size, limit)
         im.load()
+        if im.mode in _SIXTEEN_BIT_MODES:
+            # 16-bit grayscale: Pillow's convert("RGB") clips at 255 (a white image); scale 0..65535 instead
+            grey = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            f = Image.fromarray(grey)  # mode "F"
+            if f.size != (image_size, image_size):
+                f = f.resize((image_size, image_size), Image.BILINEAR)
+            return np.repeat(np.asarray(f, dtype=np.float32)[None], 3, axis=0).clip(0.0, 1.0)
         rgb = im.convert("RGB")
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
@@ -130,10 +174,18 @@ class ImageFolderSource(ImageSource):
         root = Path(self.root)
         if not root.is_dir():
             raise FileNotFoundError(f"Image folder {root} does not exist (expected root/<class>/<image> files).")
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        try:
+            entries = list(root.iterdir())
+        except PermissionError as exc:
+            raise ValueError(f"Image folder {root} cannot be read ({exc.strerror}): give the user running RepInt "
+                             "read and execute permission on it (chmod a+rX).") from exc
+        found = sorted(p.name for p in entries if p.is_dir())
         self.class_names = list(self.classes) if self.classes else found
         if not self.class_names:
-            raise ValueError(f"Image folder {root} has no class sub-folders (expected root/<class>/<image>).")
+            loose = sum(1 for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS)
+            hint = (f" It holds {loose} images directly: put each class's images in its own sub-folder."
+                    if loose else " It is empty.")
+            raise ValueError(f"Image folder {root} has no class sub-folders (expected root/<class>/<image>).{hint}")
         rng = np.random.default_rng(self.seed)
         paths, labels = [], []
         for c, name in enumerate(self.class_names):
@@ -154,6 +206,14 @@ class ImageFolderSource(ImageSource):
                 continue
             good.append(p)
             good_labels.append(y)
+        if not self.classes:  # the folders define the classes: each needs an image, or indices mean nothing
+            used = set(good_labels)
+            empty = [name for c, name in enumerate(self.class_names) if c not in used]
+            if empty:
+                why = [f"{root / name} ({_why_empty(root / name, self.skipped, name)})" for name in empty]
+                raise ValueError(
+                    f"Image folder {root} has class folders without a usable image: {', '.join(why)}. Every class "
+                    "folder is a class of the model: add images to it, or remove the folder.")
         self._paths = good
         self.ids = [str(p.relative_to(root)) for p in good]
         self.labels = np.asarray(good_labels, dtype=np.int64)
@@ -172,6 +232,15 @@ class ImageFolderSource(ImageSource):
                 "per_class": self.per_class, "seed": self.seed, "classes": self.class_names}
 
 
+def _why_empty(folder: Path, skipped: list[dict[str, str]], name: str) -> str:
+    n_skipped = sum(1 for s in skipped if Path(s["id"]).parts[0] == name)
+    if n_skipped:
+        return f"all {n_skipped} of its files were skipped, see the reasons in `skipped`"
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return "not readable: chmod a+rX it"
+    return f"no files with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+
+
 @dataclass
 class ArraySource(ImageSource):
     """An ``.npz`` file with ``images`` ``[N, 3, H, W]`` (float in [0, 1] or uint8) and optional ``labels``."""
@@ -180,6 +249,9 @@ class ArraySource(ImageSource):
 
     def __post_init__(self) -> None:
         with np.load(self.path, allow_pickle=False) as z:
+            if "images" not in z:
+                raise ValueError(f"{self.path} has no array 'images' (it has {sorted(z.files)}): save it with "
+                                 "np.savez(path, images=..., labels=...).")
             images = z["images"]
             labels = z["labels"] if "labels" in z else np.full(len(images), -1)
         if images.ndim != 4 or images.shape[1] not in (1, 3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,8 +71,17 @@ def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Modu
         return VGGNet(num_classes=num_classes, image_size=image_size, widths=VGG_WIDTHS[architecture])
     if ":" in architecture:
         mod_name, fn_name = architecture.split(":", 1)
-        fn: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
-        return fn(num_classes=num_classes)
+        try:
+            fn: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"model.architecture {architecture!r}: cannot import {fn_name!r} from {mod_name!r} "
+                             f"({type(exc).__name__}: {exc}). The module must be importable (on PYTHONPATH or "
+                             "installed) and define a function taking num_classes and returning an nn.Module.") from exc
+        net = fn(num_classes=num_classes)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"model.architecture {architecture!r} returned a {type(net).__name__}, not a "
+                             "torch.nn.Module.")
+        return net
     import torchvision
 
     if architecture not in torchvision.models.list_models():
@@ -81,18 +91,50 @@ def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Modu
 
 
 def load_checkpoint(net: nn.Module, path: str | Path) -> None:
-    """Load a state dict with ``weights_only=True`` (never unpickles code) and strict key checking."""
+    """Load a state dict with ``weights_only=True`` (never unpickles code) and strict key checking.
+
+    Every failure is a ``ValueError`` that names the file and says what to do: a pickle that would run
+    code or build Python objects (refused before anything in it executes), a file that is not a torch
+    checkpoint, an object that is not a state dict, missing or unexpected keys, and shapes that do not
+    match the architecture."""
+    import pickle
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        raise ValueError(
+            f"Refused to load checkpoint {path}: it is not a plain state dict but a pickle of Python objects"
+            f"{what}, and unpickling it could run arbitrary code. RepInt loads checkpoints with weights_only=True "
+            "only; save the weights as a plain state dict (torch.save(model.state_dict(), path)).") from None
     except Exception as exc:
-        raise ValueError(f"Cannot load checkpoint {path}: {exc}. RepInt loads checkpoints with "
-                         "weights_only=True: save a plain state_dict (torch.save(model.state_dict(), path)).") from exc
+        raise ValueError(f"Cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}): "
+                         "`model.checkpoint` must be a file written by torch.save(model.state_dict(), path).") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kinds = sorted({type(v).__name__ for v in state.values()}) if isinstance(state, dict) else []
+        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}"
+                         + (f" with values of type {', '.join(kinds)}" if kinds else "")
+                         + ", not a state dict of tensors: save it with torch.save(model.state_dict(), path).")
+    missing, unexpected = _load_state(net, state, path)
     if missing or unexpected:
-        raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {list(missing)[:8]}, "
-                         f"unexpected keys {list(unexpected)[:8]}. Check `model.architecture`.")
+        raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {list(missing)[:8]}"
+                         f"{' (and more)' if len(missing) > 8 else ''}, unexpected keys {list(unexpected)[:8]}"
+                         f"{' (and more)' if len(unexpected) > 8 else ''}. Check `model.architecture` "
+                         "(and that the checkpoint is the network's own state_dict, not a wrapper's).")
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> tuple[list[str], list[str]]:
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches are raised even with strict=False
+        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ValueError(f"Checkpoint {path} does not fit the architecture: {'; '.join(sizes[:4]) or exc}. "
+                         "Check `model.architecture`, `model.num_classes` (the output count) and "
+                         "`data.image_size`.") from None
+    return list(missing), list(unexpected)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
