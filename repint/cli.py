@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     try:
         return int(args.fn(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        # bad input (config, data, model, checkpoint): one clear line, no traceback (docs/bad-inputs.md)
         print(f"repint {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

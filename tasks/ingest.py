@@ -67,9 +67,15 @@ def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     dev, bs = device(spec), int(spec.runtime["batch_size"])
     feats = batched_forward(sm.psi, images, bs, dev)
     logits = batched_forward(sm.head, feats, bs, dev)
-    if not np.isfinite(feats).all() or not np.isfinite(logits).all():
-        raise ValueError(f"Non-finite features or logits in {split} images {lo}..{hi - 1}: check the model "
-                         "and the input normalisation.")
+    bad = ~(np.isfinite(feats.reshape(len(feats), -1)).all(1) & np.isfinite(logits).all(1))
+    if bad.any():
+        ids = [src.ids[lo + i] for i in np.flatnonzero(bad)]
+        where = "ψ" if not np.isfinite(feats).all() else "the logits (ψ is finite)"
+        raise ValueError(
+            f"NaN or inf in {where} at layer {spec.model['layer']!r} for {len(ids)} of the {hi - lo} {split} images "
+            f"{lo}..{hi - 1}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}. The model produces non-finite "
+            "values: check the images, the checkpoint's weights (`model.checkpoint`) and the input normalisation "
+            "(`data.mean`, `data.std`).")
     store.root[f"{split}/features"][lo:hi] = feats
     store.root[f"{split}/logits"][lo:hi] = logits
     store.root[f"{split}/predictions"][lo:hi] = logits.argmax(1)

@@ -79,6 +79,8 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "skipped_images": {"count": len(attrs.get("skipped_reference", [])) + len(attrs.get("skipped_unseen", [])),
                            "reference": attrs.get("skipped_reference", []), "unseen": attrs.get("skipped_unseen", [])},
         "q_clamped": attrs.get("q_clamped", []),
+        "interpretations_clamped": attrs.get("interpretations_clamped", []),
+        "zero_features_reference": attrs.get("zero_features_reference", 0),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "store": redact_url(spec.store),  # never credentials in URL user info
         **(extra or {}),
