@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from repint.flows.spec import file_sha256
 from repint.methods import variant_name
+from repint.storage import StoreLock
 from repint.tasks.boundaries import prepare_signs, sample_boundaries, sign_chunk
 from repint.tasks.centres import compute_centres
 from repint.tasks.common import RunSpec, logger, open_store
@@ -182,10 +183,25 @@ def with_default_model(spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
 
 @flow(name="pipeline-run", flow_run_name="pipeline-{spec.dataset}")
 def pipeline(spec: RunSpec) -> dict[str, Any]:
-    """The whole DAG on one spec; writes ``summary.json`` and figures into ``spec.out_dir``."""
+    """The whole DAG on one spec; writes ``summary.json`` and figures into ``spec.out_dir``.
+
+    Holds the store's write lock (:class:`repint.storage.StoreLock`) from start to end: a second run
+    on the same store is refused, a lock left by a run that died is taken over with a warning."""
+    dask_runner = task_runner(spec)  # first: an unreachable --dask-address fails before training and ingest
+    lock = StoreLock(spec.store, spec.storage_options).acquire()
+    try:
+        if lock.took_over:
+            logger().warning(lock.takeover_message)
+        return _pipeline(spec, dask_runner)
+    finally:
+        lock.release()
+        if lock.lost:
+            logger().error(f"{lock.lost} during this run: check the store with `repint verify`")
+
+
+def _pipeline(spec: RunSpec, dask_runner: Any) -> dict[str, Any]:
     log, timings = logger(), {}
     t0 = time.perf_counter()
-    dask_runner = task_runner(spec)  # first: an unreachable --dask-address fails before training and ingest
     spec, meta = with_default_model(spec)
     timings["train"] = time.perf_counter() - t0
     for name, fl, runner in (("ingest", ingest_flow, None), ("boundaries", boundaries_flow, dask_runner),

@@ -182,12 +182,9 @@ def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
     y = softmax(logits)[np.arange(len(idx)), cls]
     y_masked = softmax(out)[np.arange(len(idx)), cls]
     covered = store.read("evaluation/assignment/ri_covered")[lo:hi] if is_ri(method) else np.zeros(len(idx), bool)
-    r = store.root
-    r[f"evaluation/{method}/centre"][lo:hi] = centre
-    r[f"evaluation/{method}/covered"][lo:hi] = covered
-    r[f"evaluation/{method}/y"][lo:hi] = y
-    r[f"evaluation/{method}/y_masked"][lo:hi] = y_masked
-    r[f"evaluation/{method}/kept_fraction"][lo:hi] = keep.reshape(len(idx), -1).mean(1)
+    for name, value in (("centre", centre), ("covered", covered), ("y", y), ("y_masked", y_masked),
+                        ("kept_fraction", keep.reshape(len(idx), -1).mean(1))):
+        store.write_region(f"evaluation/{method}/{name}", slice(lo, hi), value)
     store.mark_unit_done(f"evaluate-{method}", chunk)
     return {"method": method, "chunk": chunk, "n": len(idx)}
 

@@ -7,7 +7,6 @@ from prefect import task
 
 import repint
 from repint.storage import fingerprint_params
-from repint.storage.store import FAST_COMPRESSORS
 from repint.tasks.common import (
     RunSpec,
     batched_forward,
@@ -42,7 +41,7 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
     fshape = probe.shape[1:]
     store.begin_stage(stage, fp, len(chunks(n, cs)), arrays=[f"{split}/{a}" for a in
                                                           ("features", "logits", "predictions")])
-    store.require(f"{split}/features", (n, *fshape), "f4", (cs, *fshape), compressors=FAST_COMPRESSORS)
+    store.require(f"{split}/features", (n, *fshape), "f4", (cs, *fshape))
     store.require(f"{split}/logits", (n, n_classes), "f4", (cs, n_classes))
     store.require(f"{split}/predictions", (n,), "i8", (cs,), fill_value=-1)
     store.write(f"{split}/ids", np.asarray(src.ids, dtype=str))
@@ -77,9 +76,9 @@ def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
             f"{lo}..{hi - 1}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}. The model produces non-finite "
             "values: check the images, the checkpoint's weights (`model.checkpoint`) and the input normalisation "
             "(`data.mean`, `data.std`).")
-    store.root[f"{split}/features"][lo:hi] = feats
-    store.root[f"{split}/logits"][lo:hi] = logits
-    store.root[f"{split}/predictions"][lo:hi] = logits.argmax(1)
+    store.write_region(f"{split}/features", slice(lo, hi), feats)
+    store.write_region(f"{split}/logits", slice(lo, hi), logits)
+    store.write_region(f"{split}/predictions", slice(lo, hi), logits.argmax(1))
     store.mark_unit_done(f"ingest-{split}", chunk)
     del images, feats, logits
     release_memory()

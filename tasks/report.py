@@ -55,6 +55,8 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``summary.json`` and the figures into the output folder, and the Prefect artifacts."""
     store = open_store(spec)
+    for stage in ("centres", "polytopes", *(f"evaluate-{m}" for m in results)):
+        store.require_complete(stage)  # never a report from a stage that did not finish
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     attrs = store.attrs

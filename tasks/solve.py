@@ -54,13 +54,9 @@ def solve_centre(spec: RunSpec, centre: int) -> dict:
     row[: len(ids)] = ids
     orient = np.zeros(len(row), dtype=bool)
     orient[: len(ids)] = p.orientation
-    r = store.root
-    r["polytopes/boundaries"][centre] = row
-    r["polytopes/orientation"][centre] = orient
-    r["polytopes/covered"][centre] = p.covered
-    for name, value in (("tau", p.tau), ("delta", p.delta), ("n_covered", p.n_covered),
-                        ("n_other_covered", p.n_other_covered), ("size", len(ids))):
-        r[f"polytopes/{name}"][centre] = value
-    r["polytopes/purity"][centre] = p.purity
+    for name, value in (("boundaries", row), ("orientation", orient), ("covered", p.covered), ("tau", p.tau),
+                        ("delta", p.delta), ("n_covered", p.n_covered), ("n_other_covered", p.n_other_covered),
+                        ("size", len(ids)), ("purity", p.purity)):
+        store.write_region(f"polytopes/{name}", centre, value)
     store.mark_unit_done("polytopes", centre)
     return {"centre": centre, "size": len(ids), "n_covered": p.n_covered, "tau": p.tau}
