@@ -5,20 +5,18 @@ store the workers cannot reach and a scheduler that does not answer."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from _servers import dask_cluster
+from _servers import stop_process as _stop
+from _servers import wait_workers as _wait_workers
 from conftest import tiny_config
 from prefect import flow
 
@@ -43,88 +41,11 @@ sys.meta_path.insert(0, _NoRepint())
 '''
 
 
-@dataclass
-class Cluster:
-    address: str
-    tmp: Path
-    env: dict[str, str]
-    procs: list[subprocess.Popen] = field(default_factory=list)
-
-    def client(self):
-        from distributed import Client
-
-        return Client(self.address, timeout=30, set_as_default=False)
-
-    def start_worker(self, name: str, *extra: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--host",
-             "127.0.0.1", "--dashboard-address", "127.0.0.1:0", "--no-nanny", "--name", name, *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp)
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in self.tmp.glob("*.log"))
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def _wait_workers(client, n: int, timeout: float = 120) -> set[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = set(client.scheduler_info(n_workers=-1)["workers"])
-        if len(workers) == n:
-            return workers
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(workers)} workers connected, waited for {n}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def cluster(prefect_harness, tmp_path_factory):
     """A real scheduler and two workers (separate processes, as on a cluster), stopped by PID."""
-    from prefect.settings import PREFECT_API_URL
-
-    tmp = tmp_path_factory.mktemp("dask-cluster")
-    # the workers' task runs report to the test's Prefect server (without it each worker process
-    # would start a temporary server of its own); their task results go to a private folder
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOGGING_LEVEL": "WARNING",
-           "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect-storage"), "OMP_NUM_THREADS": "1"}
-    sched_file = tmp / "sched.json"
-    log = open(tmp / "scheduler.log", "wb")  # noqa: SIM115
-    scheduler = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    log.close()
-    c = Cluster(address="", tmp=tmp, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            assert scheduler.poll() is None, c.logs()
-            assert time.monotonic() < deadline, "the scheduler did not write its file\n" + c.logs()
-            time.sleep(0.2)
-        time.sleep(0.2)  # written in one go, but let the write finish
-        c.address = json.loads(sched_file.read_text())["address"]
-        for i in range(2):
-            c.start_worker(f"good-{i}")
-        with c.client() as client:
-            client.wait_for_workers(2, timeout=180)
+    with dask_cluster(tmp_path_factory.mktemp("dask-cluster"), ("good-0", "good-1")) as c:
         yield c
-    finally:
-        for proc in reversed(c.procs):
-            _stop(proc)
-        _stop(scheduler)
 
 
 @flow(name="default-model")
