@@ -161,6 +161,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from repint.bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repint", description="Representative interpretations (RI, Lam et al. ICCV "
                                 "2021) of CNN image classifiers: a Prefect pipeline over a Zarr feature store.")
@@ -215,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--storage-options", help="fsspec options as JSON (credentials: prefer the environment)")
     v.add_argument("--json", action="store_true", help="the report as JSON")
     v.set_defaults(fn=cmd_verify)
+    from repint.bench import add_arguments
+
+    bn = sub.add_parser("bench", help="the performance suite: every stage as a ratio against its limit, measured "
+                        "side by side (docs/benchmarks.md)", description="Measure every stage against its limit "
+                        "in the same run (plain torch inference, in-memory BLAS, a reference solver, one Dask "
+                        "worker); print a markdown table and write bench.json and bench.md.")
+    add_arguments(bn)
+    bn.set_defaults(fn=cmd_bench)
     d.set_defaults(fn=cmd_demo)
     r.set_defaults(fn=cmd_run)
     t.set_defaults(fn=cmd_train)

@@ -67,6 +67,10 @@ __all__ = ["LAYOUT_VERSION", "SECRET_MASK", "FeatureStore", "RetryPolicy", "Stor
 
 LAYOUT_VERSION = 1
 
+# The codec of the feature arrays (ψ of every image, the store's bulk): zstd level 1 compresses ReLU
+# features as well as Zarr's default, level 3 (2.35x vs 2.33x on cats vs dogs' 64x16x16 ψ), writes
+# 3.4x and reads 2x faster (docs/scaling.md). The values are the same; only the codec differs.
+FAST_COMPRESSORS = (zarr.codecs.ZstdCodec(level=1),)
 log = logging.getLogger("repint.storage")
 T = TypeVar("T")
 
@@ -782,26 +786,27 @@ class FeatureStore:
 
     # arrays ---------------------------------------------------------------------------------
     def create(self, path: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None,
-               fill_value: Any = None) -> zarr.Array:
-        """Create (replacing) an array. ``chunks`` defaults to the whole array."""
+               fill_value: Any = None, compressors: Any = "auto") -> zarr.Array:
+        """Create (replacing) an array. ``chunks`` defaults to the whole array, ``compressors`` to
+        Zarr's default (zstd level 3); :data:`FAST_COMPRESSORS` for the bulk float arrays."""
         chunks = chunks or tuple(max(s, 1) for s in shape)
 
         def create() -> zarr.Array:
             if path in self.root:
                 del self.root[path]
             return self.root.create_array(path, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
-                                          config={"write_empty_chunks": True})
+                                          compressors=compressors, config={"write_empty_chunks": True})
 
         return self._retry(f"creating {path}", create)
 
     def require(self, path: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None,
-                fill_value: Any = None) -> zarr.Array:
+                fill_value: Any = None, compressors: Any = "auto") -> zarr.Array:
         """Open ``path`` if it exists with this shape and dtype, else create it."""
         if path in self.root:
             arr = self.root[path]
             if isinstance(arr, zarr.Array) and arr.shape == tuple(shape) and arr.dtype == np.dtype(dtype):
                 return arr
-        return self.create(path, shape, dtype, chunks, fill_value)
+        return self.create(path, shape, dtype, chunks, fill_value, compressors)
 
     def write(self, path: str, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> None:
         """Write a whole (small) array."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -92,6 +93,31 @@ def prepare_signs(spec: RunSpec, split: str) -> list[int]:
     return store.pending_units(stage)
 
 
+_BOUNDARIES: dict[tuple[str, str, str | None], tuple[np.ndarray, np.ndarray]] = {}
+_BOUNDARIES_LOCK = threading.Lock()
+
+
+def stored_boundaries(store) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """``W`` and ``b`` of the store's boundaries, read once per process (worker) and kept (read-only)
+    for its later chunks, keyed by the store's id and the boundaries stage's fingerprint and epoch:
+    a recreated store or resampled boundaries are read afresh. Reading ``W`` ([|Q|, D]) cost about as
+    much as the chunk's product itself (``repint bench``, docs/scaling.md)."""
+    info = store.attrs.get("stages", {}).get("boundaries", {})
+    key = (store.store_id, str(info.get("fingerprint")), info.get("epoch"))
+    with _BOUNDARIES_LOCK:
+        hit = _BOUNDARIES.get(key)
+    if hit is None or not info.get("complete"):
+        W, b = store.read("boundaries/W"), store.read("boundaries/b")
+        W.flags.writeable = b.flags.writeable = False
+        hit = (W, b)
+        if info.get("complete"):
+            with _BOUNDARIES_LOCK:
+                while len(_BOUNDARIES) >= 4:
+                    _BOUNDARIES.pop(next(iter(_BOUNDARIES)))
+                _BOUNDARIES[key] = hit
+    return hit
+
+
 @task(name="sign-chunk", task_run_name="signs-{split}-{chunk}", retries=2, retry_delay_seconds=1,
       cache_key_fn=unit_key("signs-{split}"))
 def sign_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
@@ -100,8 +126,8 @@ def sign_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     store = open_store(spec)
     n = store.shape(f"{split}/predictions")[0]
     lo, hi = chunks(n, spec.chunk_size)[chunk]
-    bits = sign_bits(store.read(f"{split}/features", slice(lo, hi)), store.read("boundaries/W"),
-                     store.read("boundaries/b"))
+    W, b = stored_boundaries(store)
+    bits = sign_bits(store.read(f"{split}/features", slice(lo, hi)), W, b)
     store.write_region(f"signs/{split}", slice(lo, hi), bits)
     store.mark_unit_done(f"signs-{split}", chunk)
     return {"split": split, "chunk": chunk, "n": hi - lo}

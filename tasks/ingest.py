@@ -7,6 +7,7 @@ from prefect import task
 
 import repint
 from repint.storage import fingerprint_params
+from repint.storage.store import FAST_COMPRESSORS
 from repint.tasks.common import (
     RunSpec,
     batched_forward,
@@ -41,7 +42,7 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
     fshape = probe.shape[1:]
     store.begin_stage(stage, fp, len(chunks(n, cs)), arrays=[f"{split}/{a}" for a in
                                                           ("features", "logits", "predictions")])
-    store.require(f"{split}/features", (n, *fshape), "f4", (cs, *fshape))
+    store.require(f"{split}/features", (n, *fshape), "f4", (cs, *fshape), compressors=FAST_COMPRESSORS)
     store.require(f"{split}/logits", (n, n_classes), "f4", (cs, n_classes))
     store.require(f"{split}/predictions", (n,), "i8", (cs,), fill_value=-1)
     store.write(f"{split}/ids", np.asarray(src.ids, dtype=str))
