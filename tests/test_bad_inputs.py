@@ -490,7 +490,7 @@ def test_corpus_end_to_end_skips_and_clamps_in_summary_and_store(tmp_path, capsy
     interpretations than reference images: the run completes and reports each."""
     from repint.storage import FeatureStore
 
-    ref, uns = _folder(tmp_path / "train", 12, seed=0), _folder(tmp_path / "test", 3, seed=1)
+    ref, uns = _folder(tmp_path / "train", 10, seed=0), _folder(tmp_path / "test", 3, seed=1)
     bad = {"left/truncated.jpg": _truncated_jpeg, "left/zero-bytes.jpg": _zero_bytes,
            "right/text.jpg": _text_as_jpeg, "right/huge.png": _huge}
     for rel, make in bad.items():
@@ -501,28 +501,28 @@ def test_corpus_end_to_end_skips_and_clamps_in_summary_and_store(tmp_path, capsy
     Image.fromarray(_square(1, rng)).convert("RGBA").save(ref / "right" / "alpha.png")
     cfg = _write_cfg(tmp_path / "c.yaml", {
         "data": {"kind": "imagefolder", "reference": "train", "unseen": "test", "image_size": 32},
-        "model": {"checkpoint": "model.pt"}, "train": {"epochs": 15, "batch_size": 8},
-        "interpretation": {"q": 500, "q_sampling": "boundary-search", "interpretations_per_class": 40},
-        "evaluation": {"methods": ["RI"], "case_studies": 1},
+        "model": {"checkpoint": "model.pt"}, "train": {"epochs": 10, "batch_size": 8},
+        "interpretation": {"q": 500, "q_sampling": "boundary-search", "interpretations_per_class": 12},
+        "evaluation": {"methods": ["RI"], "case_studies": 0},
         "runtime": {"task_runner": "threads", "chunk_size": 16},
     })
-    assert main(["train", str(cfg), "--no-event"]) == 0  # trains on the 26 images that decode
+    assert main(["train", str(cfg), "--no-event"]) == 0  # trains on the 22 images that decode
     assert json.loads(capsys.readouterr().out)["test_accuracy"] >= 0.8
     out = tmp_path / "run"
     rc, err = _run_cli(["run", str(cfg), "--out", str(out)], capsys)
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_reference"] == 26 and summary["n_unseen"] == 6
+    assert summary["n_reference"] == 22 and summary["n_unseen"] == 6
     skipped = summary["skipped_images"]
     assert skipped["count"] == 5
     assert sorted(s["id"] for s in skipped["reference"]) == sorted(bad)
     assert [s["id"] for s in skipped["unseen"]] == ["left/empty.png"]
     assert all(s["reason"] for s in skipped["reference"] + skipped["unseen"])
-    # 40 per class x 2 classes = 80 > 26 reference images
-    assert summary["n_interpretations"] == 26
+    # 12 per class x 2 classes = 24 > 22 reference images
+    assert summary["n_interpretations"] == 22
     assert summary["interpretations_clamped"] == [
-        "interpretation.interpretations_per_class = 40 x 2 classes = 80 interpretations is more than the 26 "
-        "reference images; clamped to 26. Lower interpretations_per_class or add reference images."]
+        "interpretation.interpretations_per_class = 12 x 2 classes = 24 interpretations is more than the 22 "
+        "reference images; clamped to 22. Lower interpretations_per_class or add reference images."]
     assert summary["q_clamped"] and all("reference images of another class than input" in m
                                         for m in summary["q_clamped"])
     attrs = FeatureStore(str(out / "store.zarr"), mode="r").attrs
