@@ -693,7 +693,7 @@ def table(results: list[Result]) -> str:
     for r in results:
         met = {True: "yes", False: "**no**", None: "-"}[r["pass"]]
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        if r["target"].startswith("under") or r["target"].startswith("<"):
+        if r["target"].startswith("under"):
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f} of limit"
         lines.append(f"| {r['stage']} | {r['measured']} | {r['reference']} | {ratio} | {r['target']} | {met} |")
     return "\n".join(lines)
