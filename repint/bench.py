@@ -695,7 +695,8 @@ def table(results: list[Result]) -> str:
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         if r["target"].startswith("under"):
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f} of limit"
-        lines.append(f"| {r['stage']} | {r['measured']} | {r['reference']} | {ratio} | {r['target']} | {met} |")
+        cells = [str(c).replace("|", "\\|") for c in (r["stage"], r["measured"], r["reference"])]
+        lines.append(f"| {cells[0]} | {cells[1]} | {cells[2]} | {ratio} | {r['target']} | {met} |")
     return "\n".join(lines)
 
 
