@@ -45,3 +45,12 @@ def tiny_config(limit: int, per_class: int, q: int, runner: str = "threads", **i
         setattr(cfg.interpretation, key, value)
     cfg.runtime.task_runner = runner
     return cfg
+
+
+def tiny_yaml(checkpoint, runner: str = "dask") -> str:  # noqa: ANN001
+    """A small digits config file's text (300 images, 10 centres, RI + Grad-CAM) using ``checkpoint``,
+    for runs driven through config files (the CLI, deployments, ``reinterpret``)."""
+    return (f"name: tiny\ndata: {{kind: digits, limit: 300}}\nmodel: {{checkpoint: {checkpoint}}}\n"
+            "train: {epochs: 12}\ninterpretation: {q: 20, interpretations_per_class: 1}\n"
+            "evaluation: {methods: [RI, Grad-CAM], case_studies: 1}\n"
+            f"runtime: {{task_runner: {runner}, chunk_size: 64}}\n")

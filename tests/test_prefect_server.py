@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _servers import REPO, prefect_env, start, start_prefect_server, stop
+from conftest import tiny_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -121,23 +122,13 @@ def test_the_checkpoint_event_creates_a_reinterpret_run(server, deployed, tmp_pa
     client_call(server["url"], cleanup)  # the worker test must not pick it up
 
 
-TINY = """name: tiny
-data: {{kind: digits, limit: 300}}
-model: {{checkpoint: {ckpt}}}
-train: {{epochs: 12}}
-interpretation: {{q: 20, interpretations_per_class: 1}}
-evaluation: {{methods: [RI, Grad-CAM], case_studies: 1}}
-runtime: {{chunk_size: 64}}
-"""
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, repint_cache):
     """A small digits config and its trained checkpoint."""
     from repint.cli import main
 
     folder = tmp_path_factory.mktemp("tiny")
-    (folder / "tiny.yaml").write_text(TINY.format(ckpt=folder / "model.pt"))
+    (folder / "tiny.yaml").write_text(tiny_yaml(folder / "model.pt"))
     assert main(["train", str(folder / "tiny.yaml"), "--no-event"]) == 0
     return folder
 

@@ -7,18 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_yaml
 
 pytestmark = pytest.mark.slow
-
-TINY = """name: tiny
-data: {{kind: digits, limit: 300}}
-model: {{checkpoint: {ckpt}}}
-train: {{epochs: 12}}
-interpretation: {{q: 20, interpretations_per_class: 1}}
-evaluation: {{methods: [RI, Grad-CAM], case_studies: 1}}
-runtime: {{task_runner: threads, chunk_size: 64}}
-"""
-
 
 def _tree(folder):  # noqa: ANN001, ANN202
     """Every file under ``folder`` with its modification time and size."""
@@ -34,7 +25,7 @@ def history(prefect_harness, repint_cache, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reinterpret")
     cfg = folder / "tiny.yaml"
     ckpt = folder / "model.pt"
-    cfg.write_text(TINY.format(ckpt=ckpt))
+    cfg.write_text(tiny_yaml(ckpt, runner="threads"))
     assert main(["train", str(cfg), "--no-event"]) == 0
     out = folder / "versions"
     first = reinterpret(config=str(cfg), out=str(out))
