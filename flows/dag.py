@@ -188,6 +188,7 @@ def pipeline(spec: RunSpec) -> dict[str, Any]:
     Holds the store's write lock (:class:`repint.storage.StoreLock`) from start to end: a second run
     on the same store is refused, a lock left by a run that died is taken over with a warning."""
     dask_runner = task_runner(spec)  # first: an unreachable --dask-address fails before training and ingest
+    open_store(spec)  # a store that cannot be reached (no bucket, refused credentials) is a clear error here
     lock = StoreLock(spec.store, spec.storage_options).acquire()
     try:
         if lock.took_over:
