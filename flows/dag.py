@@ -254,15 +254,22 @@ def variant_plan(spec: RunSpec) -> tuple[RunSpec, list[RunSpec]]:
     return spec.model_copy(update={"evaluation": {**spec.evaluation, "methods": methods}}), own
 
 
+def study_specs(spec: RunSpec, runs: int) -> list[RunSpec]:
+    """The specs of a study's runs (RI's own-store variants aside): what ``report.html`` reads."""
+    main, _ = variant_plan(spec)
+    return [run_spec(main, i, runs) for i in range(runs)]
+
+
 @flow(name="study", flow_run_name="study-{spec.dataset}-{runs}-runs")
-def study(spec: RunSpec, runs: int = 1) -> dict[str, Any]:
+def study(spec: RunSpec, runs: int = 1, html: bool = True) -> dict[str, Any]:
     """The whole DAG ``runs`` times with seeds ``seed, seed+1, ...`` (k-means, Q sampling, reference
     subsample), one model, and RI's variants beside RI; reports mean ± std per method like the paper's
-    Table 1, every per-image record as CSV, and ``report.html``."""
+    Table 1, every per-image record as CSV, and ``report.html`` (unless ``html`` is false: a caller
+    that adds to the summary first, as ``reinterpret`` does, writes the page once itself)."""
     t0 = time.perf_counter()
     spec, _ = with_default_model(spec)
-    main, variants = variant_plan(spec)
-    specs = [run_spec(main, i, runs) for i in range(runs)]
+    _, variants = variant_plan(spec)
+    specs = study_specs(spec, runs)
     summaries, variant_specs = [], []
     for i, s in enumerate(specs):
         summary = pipeline(s)
@@ -272,5 +279,6 @@ def study(spec: RunSpec, runs: int = 1) -> dict[str, Any]:
             variant_specs.append((vs, i))
         summaries.append(summary)
     summary = write_study(specs, summaries, spec.out_dir, {"total": time.perf_counter() - t0}, variant_specs)
-    write_html_report(specs, summary, spec.out_dir)
+    if html:
+        write_html_report(specs, summary, spec.out_dir)
     return summary

@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.config import Config, demo_config, load_config
-from repint.flows.dag import run_spec, study, variant_plan, with_default_model
+from repint.flows.dag import study, study_specs, with_default_model
 from repint.flows.spec import build_spec
 from repint.storage import FeatureStore, redact_url
 from repint.tasks.common import RunSpec, logger
@@ -74,10 +74,6 @@ def run_pipeline(config: str | None = None, out: str = "runs/pipeline", checkpoi
     return study(build_spec(cfg, out), cfg.evaluation.runs)
 
 
-def _first_run(spec: RunSpec, runs: int) -> RunSpec:
-    return run_spec(variant_plan(spec)[0], 0, runs)
-
-
 def _version_store(cfg: Config, folder: Path, version: int) -> str | None:
     if not cfg.store:
         return None  # the default: OUT/vNNNN/store.zarr
@@ -115,17 +111,17 @@ def reinterpret(config: str | None = None, out: str = "runs/reinterpret", checkp
     spec = spec.model_copy(update={"out_dir": str(folder),
                                    "store": _version_store(cfg, folder, version) or str(folder / "store.zarr")})
     log.info(f"version {version}: {', '.join(changed) or 'forced'} changed; interpreting into {folder}")
-    summary = study(spec, cfg.evaluation.runs)
-    first = _first_run(spec, cfg.evaluation.runs)
+    summary = study(spec, cfg.evaluation.runs, html=False)
+    specs = study_specs(spec, cfg.evaluation.runs)
+    first = specs[0]
     result: dict[str, Any] = {"status": "new-version", "version": version, "changed": changed or ["forced"],
                               "out_dir": str(folder), "fingerprints": fps}
     if last is not None:
         drift = write_drift(last, first, summary, version, changed, folder)
         summary["drift"] = drift
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        specs = [run_spec(variant_plan(spec)[0], i, cfg.evaluation.runs) for i in range(cfg.evaluation.runs)]
-        write_html_report(specs, summary, str(folder))
         result["drift"] = {k: v for k, v in drift.items() if k not in ("centres", "methods")}
+    write_html_report(specs, summary, str(folder))
     add_version(root, {"version": version, "fingerprints": fps, "changed": changed, "out_dir": str(folder),
                        "store": redact_url(first.store), "storage_options_keys": sorted(first.storage_options),
                        "checkpoint": spec.model.get("checkpoint"), "image_size": spec.model["image_size"],
