@@ -284,14 +284,14 @@ def test_a_dask_worker_killed_during_a_sign_task(prefect_harness, repint_cache, 
                 names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
                 deadline = time.monotonic() + 600
                 while time.monotonic() < deadline:
-                    if _done(store, "signs-reference"):
-                        processing = client.processing()
-                        for address, keys in processing.items():
-                            signs = [k for k in keys if "sign_chunk" in str(k)]
-                            if names.get(address) == "victim" and signs:
-                                cluster.workers["victim"].send_signal(signal.SIGKILL)
-                                killed.update(address=address, keys=signs, at=len(_done(store, "signs-reference")))
-                                return
+                    # as soon as the victim runs a sign task (waiting for a first finished chunk
+                    # too lost the race on a loaded machine: the survivor could finish them all)
+                    for address, keys in client.processing().items():
+                        signs = [k for k in keys if "sign_chunk" in str(k)]
+                        if names.get(address) == "victim" and signs:
+                            cluster.workers["victim"].send_signal(signal.SIGKILL)
+                            killed.update(address=address, keys=signs, at=len(_done(store, "signs-reference")))
+                            return
                     time.sleep(0.01)
 
         with cluster.client() as client:
@@ -302,6 +302,7 @@ def test_a_dask_worker_killed_during_a_sign_task(prefect_harness, repint_cache, 
             state = boundaries_flow.with_options(task_runner=task_runner(spec))(spec, return_state=True)
             watcher.join(60)
             stream = client.get_task_stream(start=t0)
+            assert killed, "the victim never ran a sign task"
             assert cluster.workers["victim"].wait(30) == -signal.SIGKILL
             survivors = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
             wait_workers(client, 1)
