@@ -170,7 +170,7 @@ def evaluate_flow(spec: RunSpec) -> dict[str, dict]:
 
 def with_default_model(spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
     """Train (or reuse from the cache) the default model when the spec has no checkpoint."""
-    if spec.model.get("checkpoint"):
+    if spec.model.get("checkpoint") or spec.model.get("weights"):
         return spec, {}
     m = spec.model
     from repint.config import TrainConfig

@@ -12,26 +12,31 @@ from repint.data import ImageSource, source_from_spec
 from repint.nets import VGG_WIDTHS, VGGNet
 from repint.tasks.common import RunSpec
 
+AUTO_LAYER_IMAGES = 8  # reference images on which `layer: auto` counts the distinct boundaries of each cut
 
-def data_sources(cfg: Config) -> tuple[ImageSource, ImageSource, str]:
+
+def data_sources(cfg: Config, channels: int | None = None) -> tuple[ImageSource, ImageSource, str]:
+    """The reference and unseen sources of ``cfg``, decoded to ``channels`` (default :func:`input_channels`)."""
     d = cfg.data
+    channels = channels or input_channels(cfg)
+    extra = {} if channels == 3 else {"channels": channels}
     if d.kind == "digits":
         ref = source_from_spec({"kind": "digits", "split": "reference", "image_size": d.image_size, "seed": 0,
-                                "unseen_fraction": 0.3, "limit": d.limit})
+                                "unseen_fraction": 0.3, "limit": d.limit, **extra})
         uns = source_from_spec({**ref.spec(), "split": "unseen"})
         return ref, uns, "digits"
     if not d.reference or not d.unseen:
         raise ValueError(f"data.kind: {d.kind} needs both data.reference and data.unseen.")
     if d.kind == "arrays":
-        return (_named("data.reference", {"kind": "arrays", "path": d.reference}),
-                _named("data.unseen", {"kind": "arrays", "path": d.unseen}), Path(d.reference).stem)
+        return (_named("data.reference", {"kind": "arrays", "path": d.reference, **extra}),
+                _named("data.unseen", {"kind": "arrays", "path": d.unseen, **extra}), Path(d.reference).stem)
     # built through source_from_spec's cache, so the tasks of this process never scan the folder again
     ref = _named("data.reference", {"kind": "imagefolder", "root": d.reference, "image_size": d.image_size,
                                     "per_class": d.reference_per_class, "seed": cfg.interpretation.seed,
-                                    "classes": None})
+                                    "classes": None, **extra})
     uns = _named("data.unseen", {"kind": "imagefolder", "root": d.unseen, "image_size": d.image_size,
                                  "per_class": d.unseen_per_class, "seed": cfg.interpretation.seed,
-                                 "classes": ref.class_names})
+                                 "classes": ref.class_names, **extra})
     return ref, uns, Path(d.reference).resolve().parent.name or "imagefolder"
 
 
@@ -53,30 +58,67 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def input_channels(cfg: Config) -> int:
+    """``data.channels``, else the input channels of the model's first convolution (3 for torchvision's and,
+    unless told otherwise, the project's own nets; a ``module:function`` model is built once to look)."""
+    if cfg.data.channels:
+        return int(cfg.data.channels)
+    if ":" not in cfg.model.architecture:
+        return 3
+    from torch import nn
+
+    from repint.nets import build_model
+
+    net = build_model(cfg.model.architecture, cfg.model.num_classes or 2, cfg.data.image_size)
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d | nn.Linear)), None)
+    return int(first.in_channels) if isinstance(first, nn.Conv2d) and first.in_channels in (1, 3) else 3
+
+
+def normalisation(cfg: Config, channels: int) -> tuple[list[float], list[float]]:
+    """``data.mean``/``data.std`` with one value per channel (a single value serves every channel; three equal
+    values serve one channel)."""
+    out = []
+    for key in ("mean", "std"):
+        v = [float(x) for x in getattr(cfg.data, key)]
+        if len(v) == 1:
+            v = v * channels
+        elif len(v) != channels:
+            if channels == 1 and len(set(v)) == 1:
+                v = v[:1]
+            else:
+                raise ValueError(f"data.{key} has {len(v)} values but the model takes {channels}-channel images: "
+                                 f"give {channels} value{'s' if channels > 1 else ''} (or set data.channels).")
+        out.append(v)
+    return out[0], out[1]
+
+
 def default_layer(architecture: str, n_classes: int, image_size: int) -> str | None:
     if architecture in VGG_WIDTHS:
         return VGGNet(n_classes, image_size=image_size, widths=VGG_WIDTHS[architecture]).psi_layer
     return None
 
 
-def validate_model(model: dict[str, Any]) -> None:
-    """Build and split the model once before any flow starts, so a wrong layer name, a head that is
-    not piecewise linear, or a checkpoint that does not load (a pickle carrying code, missing or
-    unexpected keys, wrong shapes) is reported at once, not from inside a task."""
-    from repint.model import Classifier, split_model
-    from repint.nets import build_model, load_checkpoint
+def validate_model(model: dict[str, Any]) -> dict[str, Any]:
+    """Build and split the model once before any flow starts, so a wrong layer name, a cut that a skip
+    connection bypasses, a head that is not piecewise linear, G∘ψ that does not reproduce the model, or
+    weights that do not load (a pickle carrying code, missing or unexpected keys, wrong shapes, no cached
+    pretrained file) are reported at once, not from inside a task. Returns how the weights were found."""
+    from repint.tasks.common import build_split
 
-    net = build_model(model["architecture"], model["num_classes"], model["image_size"])
-    if model.get("checkpoint"):
-        load_checkpoint(net, model["checkpoint"])
-    split_model(Classifier(net, tuple(model["mean"]), tuple(model["std"])), "net." + model["layer"],
-                allow_nonlinear_head=model["allow_nonlinear_head"])
+    return build_split(model)[1]
 
 
-def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) -> RunSpec:
-    """A :class:`RunSpec` for ``cfg``; ``checkpoint`` overrides ``cfg.model.checkpoint``."""
-    ref, uns, name = data_sources(cfg)
-    n_classes = cfg.model.num_classes or len(ref.class_names)
+def model_section(cfg: Config, checkpoint: str | None = None) -> tuple[dict[str, Any], ImageSource, ImageSource, str]:
+    """The run spec's ``model`` section without its layer (``None``), the data sources and the data set's name."""
+    channels = input_channels(cfg)
+    mean, std = normalisation(cfg, channels)
+    ref, uns, name = data_sources(cfg, channels)
+    weights = None
+    if cfg.model.weights and not (checkpoint or cfg.model.checkpoint):
+        from repint.checkpoints import pretrained_weights
+
+        weights = pretrained_weights(cfg.model.architecture, cfg.model.weights)
+    n_classes = cfg.model.num_classes or (len(weights.meta["categories"]) if weights else len(ref.class_names))
     if n_classes < 2:
         if len(ref.class_names) == 1:
             raise ValueError(f"data.reference has a single class ({ref.class_names[0]!r}): RI explains a classifier "
@@ -86,17 +128,30 @@ def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) 
     ckpt = checkpoint or cfg.model.checkpoint
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"model.checkpoint {ckpt} does not exist. Train one with `repint train CONFIG`.")
-    layer = cfg.model.layer or default_layer(cfg.model.architecture, n_classes, cfg.data.image_size)
-    if layer is None:
-        raise ValueError(f"model.layer is required for architecture {cfg.model.architecture!r}: name the layer "
-                         "whose output is psi (e.g. 'features.35' for torchvision's vgg19).")
     model: dict[str, Any] = {
         "architecture": cfg.model.architecture, "checkpoint": ckpt, "num_classes": n_classes,
-        "image_size": cfg.data.image_size, "layer": layer, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+        "image_size": cfg.data.image_size, "layer": None, "mean": mean, "std": std,
         "allow_nonlinear_head": cfg.model.allow_nonlinear_head,
         "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
     }
-    validate_model(model)
+    if weights is not None:
+        model["weights"] = str(weights)
+    return model, ref, uns, name
+
+
+def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) -> RunSpec:
+    """A :class:`RunSpec` for ``cfg``; ``checkpoint`` overrides ``cfg.model.checkpoint``."""
+    model, ref, uns, name = model_section(cfg, checkpoint)
+    layer = cfg.model.layer or default_layer(cfg.model.architecture, model["num_classes"], cfg.data.image_size)
+    if layer is None:
+        raise ValueError(f"model.layer is required for architecture {cfg.model.architecture!r}: name the layer "
+                         "whose output is psi, or write `layer: auto` for the one `repint layers CONFIG` recommends.")
+    model["layer"] = layer
+    if layer == "auto":
+        model.update(auto_layer(model, ref))
+    model.update(validate_model(model))
+    if model.get("weights_file"):
+        model["checkpoint_sha256"] = file_sha256(model["weights_file"])
     out = Path(out_dir).resolve()
     return RunSpec(
         store=cfg.store or str(out / "store.zarr"), storage_options=cfg.storage_options, out_dir=str(out),
@@ -104,3 +159,28 @@ def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) 
         interpretation=cfg.interpretation.model_dump(), evaluation=cfg.evaluation.model_dump(),
         runtime=cfg.runtime.model_dump(),
     )
+
+
+def layer_inputs(model: dict[str, Any], ref: ImageSource, n: int = AUTO_LAYER_IMAGES) -> tuple[Any, Any]:
+    """The model of a run spec's ``model`` section in its normalisation wrapper, and ``n`` reference images
+    spread over the set: what `repint layers` and ``layer: auto`` analyse."""
+    import numpy as np
+
+    from repint.model import Classifier
+    from repint.nets import load_network
+
+    net, _ = load_network(model)
+    step = max(1, len(ref) // n)
+    return Classifier(net, tuple(model["mean"]), tuple(model["std"])).eval(), ref.load(np.arange(0, len(ref), step)[:n])
+
+
+def auto_layer(model: dict[str, Any], ref: ImageSource) -> dict[str, Any]:
+    """``layer: auto``: the layer :func:`repint.layers.recommend` picks on a few reference images, recorded
+    as ``layer`` with ``layer_choice: auto``."""
+    from repint.layers import LayerChoiceError, recommend
+
+    try:
+        report = recommend(*layer_inputs(model, ref))
+    except LayerChoiceError as exc:
+        raise ValueError(f"model.layer: auto: {exc}") from None
+    return {"layer": report.name, "layer_choice": "auto"}

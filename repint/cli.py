@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from repint.config import load_config
-    from repint.flows.spec import data_sources
+    from repint.flows.spec import data_sources, input_channels, normalisation
     from repint.tasks.train import train_model
 
     cfg = load_config(args.config)
@@ -110,14 +110,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.train.epochs = args.epochs
     if not ckpt:
         raise SystemExit("repint train: give --out CHECKPOINT or set model.checkpoint in the config.")
-    ref, uns, _ = data_sources(cfg)
+    channels = input_channels(cfg)
+    mean, std = normalisation(cfg, channels)
+    ref, uns, _ = data_sources(cfg, channels)
     # train on the whole reference folder and test on the whole unseen folder: the per-class samples
     # are what RI interprets, not what the model learns from
     ref_spec, uns_spec = ref.spec(), uns.spec()
     if cfg.data.kind == "imagefolder":
         ref_spec, uns_spec = {**ref_spec, "per_class": None}, {**uns_spec, "per_class": None}
-    meta = train_model.fn(ref_spec, uns_spec, cfg.model.architecture, cfg.data.image_size, cfg.data.mean,
-                          cfg.data.std, cfg.train.model_dump(), checkpoint=ckpt, device=cfg.runtime.device)
+    meta = train_model.fn(ref_spec, uns_spec, cfg.model.architecture, cfg.data.image_size, tuple(mean),
+                          tuple(std), cfg.train.model_dump(), checkpoint=ckpt, device=cfg.runtime.device)
     print(json.dumps({k: meta[k] for k in ("checkpoint", "train_accuracy", "test_accuracy", "train_seconds")
                       if k in meta}, indent=2))
     if os.environ.get("PREFECT_API_URL") and not args.no_event:
@@ -159,6 +161,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0 if report.ok else 1
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from repint.layers import LayerChoiceError, analyse_layers, format_reports, recommend
+
+    if bool(args.config) == bool(args.model):
+        raise ValueError("give a CONFIG or --model NAME (with --checkpoint/--weights), not both nor neither")
+    clf, images, what = _layers_inputs(args)
+    reports = analyse_layers(clf, images)
+    try:
+        best, why = recommend(clf, images, reports), None
+    except LayerChoiceError as exc:
+        best, why = None, str(exc)
+    if args.json:
+        print(json.dumps({"model": what, "images": len(images), "recommended": best.name if best else None,
+                          "refusal": why, "layers": [r.as_dict() for r in reports]}, indent=2))
+        return 0 if best else 1
+    print(f"Candidate layers ψ of {what} ({len(images)} images; boundaries: distinct linear boundaries of G "
+          "at them, Eq. 2)\n")
+    print(format_reports(reports, show_all=args.all))
+    print()
+    if best:
+        print(f"recommended: layer: {best.name}  (the deepest {'x'.join(map(str, best.shape or ()))} feature map whose "
+              "head is piecewise linear and not affine; `layer: auto` in a config picks it)")
+        return 0
+    print(f"no layer recommended: {why}")
+    return 1
+
+
+def _layers_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """The model wrapped in its normalisation, a few images, and how to name the model."""
+    if args.config:
+        from repint.config import load_config
+        from repint.flows.spec import layer_inputs, model_section
+
+        cfg = load_config(args.config)
+        if args.checkpoint:
+            cfg.model.checkpoint = args.checkpoint
+        model, ref, _, name = model_section(cfg)
+        clf, images = layer_inputs(model, ref, args.images)
+        return clf, images, f"{cfg.model.architecture} on {name}"
+    from repint.checkpoints import pretrained_weights
+    from repint.model import Classifier, example_input
+    from repint.nets import load_network
+
+    weights = pretrained_weights(args.model, args.weights) if args.weights else None
+    size = args.image_size or (224 if weights else 32 if args.model.startswith("vgg-") else 64)
+    n_classes = args.num_classes or (len(weights.meta["categories"]) if weights else 10)
+    mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if weights else ([0.5] * args.channels,
+                                                                                  [0.25] * args.channels)
+    net, _ = load_network({"architecture": args.model, "num_classes": n_classes, "image_size": size,
+                           "mean": mean, "std": std, "checkpoint": args.checkpoint,
+                           "weights": str(weights) if weights else None})
+    images = example_input(len(mean), size, n=args.images).numpy()
+    return Classifier(net, tuple(mean), tuple(std)).eval(), images, f"{args.model} ({size}x{size} random images)"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -221,6 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--storage-options", help="fsspec options as JSON (credentials: prefer the environment)")
     v.add_argument("--json", action="store_true", help="the report as JSON")
     v.set_defaults(fn=cmd_verify)
+    ly = sub.add_parser("layers", help="list the candidate layers ψ of a model and recommend one",
+                        description="Trace the model and list every layer that could be ψ: its output shape, "
+                        "whether the head G after it is piecewise linear (naming the op that breaks it) and whether "
+                        "it is affine (RI collapses there), and how many distinct linear boundaries a few images "
+                        "give; recommend the deepest spatial cut with a piecewise-linear, non-affine head "
+                        "(`layer: auto` in a config). Exit code 1 when no layer qualifies.")
+    ly.add_argument("config", nargs="?", help="YAML config (its model, checkpoint and reference images)")
+    ly.add_argument("--model", help="instead of a config: vgg-small, a torchvision name or package.module:function")
+    ly.add_argument("--checkpoint", help="weights to load (any format `repint run` reads)")
+    ly.add_argument("--weights", help="torchvision's pretrained weights (DEFAULT, IMAGENET1K_V1, ...)")
+    ly.add_argument("--num-classes", type=int, help="outputs of --model (default 10, or the weights' classes)")
+    ly.add_argument("--image-size", type=int, help="side of the random images for --model (default 32 for vgg-*, "
+                    "224 with --weights, else 64)")
+    ly.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels for --model")
+    ly.add_argument("--images", type=int, default=8, help="images on which boundaries are counted (default 8)")
+    ly.add_argument("--all", action="store_true", help="also list the layers a skip connection bypasses")
+    ly.add_argument("--json", action="store_true", help="the analysis as JSON")
+    ly.set_defaults(fn=cmd_layers)
     from repint.bench import add_arguments
 
     bn = sub.add_parser("bench", help="the performance suite: every stage as a ratio against its limit, measured "

@@ -28,14 +28,30 @@ class DataConfig(_Strict):
     reference_per_class: int | None = Field(None, ge=1)
     unseen_per_class: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1, description="digits only: keep the first images of each split")
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    channels: Literal[1, 3] | None = Field(
+        None, description="image channels the model takes: 1 (grey, MNIST-style) or 3 (RGB); default: the input "
+        "channels of the model's first convolution")
+    mean: tuple[float, ...] = Field((0.5, 0.5, 0.5), min_length=1, max_length=3,
+                                    description="normalisation mean per channel (one value: every channel)")
+    std: tuple[float, ...] = Field((0.25, 0.25, 0.25), min_length=1, max_length=3)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_or_three(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) not in (1, 3):
+            raise ValueError(f"give 1 value (every channel) or 3 (R, G, B), not {len(value)}")
+        return value
 
 
 class ModelConfig(_Strict):
     architecture: str = "vgg-small"
     checkpoint: str | None = None
-    layer: str | None = Field(None, description="the layer whose output is psi (default for vgg-small)")
+    weights: str | None = Field(None, description="torchvision's pretrained weights instead of a checkpoint: "
+                                "DEFAULT or a name such as IMAGENET1K_V1 (torch hub's cache; downloaded where there "
+                                "is network)")
+    layer: str | None = Field(None, description="the layer whose output is psi: a module name, a graph node "
+                              "name, or auto (`repint layers`' recommendation; default for vgg-*: features.<last "
+                              "ReLU>)")
     num_classes: int | None = Field(None, ge=2, description="output classes (default: the data's class count)")
     allow_nonlinear_head: bool = False
 

@@ -1,13 +1,14 @@
 """Image sources: the embedded digits default, ImageFolder directories, and arrays (``.npz``).
 
-Every source returns pixel-space ``float32`` images ``[n, 3, H, W]`` in ``[0, 1]`` by index, so the
-evaluation can re-read any image. ImageFolder files that do not decode are a *counted, reported skip*:
-they are found when the folder is scanned, listed in :attr:`ImageSource.skipped`, written to the
-store's attributes and to ``summary.json``, and never enter the reference or unseen set. That covers
-truncated or empty files, non-images with an image extension, unreadable files, and images over
-:data:`MAX_IMAGE_PIXELS` (a decompression-bomb guard). Grayscale, palette, RGBA (alpha dropped, as
-torchvision's loader does) and 16-bit images (scaled from 0..65535, not clipped at 255) are converted
-to RGB. ``docs/bad-inputs.md`` lists every case.
+Every source returns pixel-space ``float32`` images ``[n, channels, H, W]`` (3 unless the model takes 1)
+in ``[0, 1]`` by index, so the evaluation can re-read any image. ImageFolder files that do not decode
+are a *counted, reported skip*: they are found when the folder is scanned, listed in
+:attr:`ImageSource.skipped`, written to the store's attributes and to ``summary.json``, and never enter
+the reference or unseen set. That covers truncated or empty files, non-images with an image extension,
+unreadable files, and images over :data:`MAX_IMAGE_PIXELS` (a decompression-bomb guard). Grayscale,
+palette, RGBA (alpha dropped, as torchvision's loader does) and 16-bit images (scaled from 0..65535, not
+clipped at 255) are converted to RGB, or to grey (Pillow's luma) for single-channel models
+(``channels=1``). ``docs/bad-inputs.md`` lists every case.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ class ImageSource(ABC):
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     class_names: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    channels: int = 3
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @abstractmethod
     def load(self, indices: np.ndarray) -> np.ndarray:
-        """Images ``[n, 3, H, W]`` float32 in ``[0, 1]``."""
+        """Images ``[n, channels, H, W]`` float32 in ``[0, 1]``."""
 
     @abstractmethod
     def spec(self) -> dict[str, Any]:
@@ -61,6 +63,11 @@ class ImageSource(ABC):
         for lo in range(0, len(self), batch):
             h.update(np.ascontiguousarray(self.load(np.arange(lo, min(lo + batch, len(self))))).tobytes())
         return h.hexdigest()[:16]
+
+
+def _with_channels(spec: dict[str, Any], channels: int) -> dict[str, Any]:
+    """A source's spec names its channels only when they are not the default 3 (older specs stay the same)."""
+    return spec if channels == 3 else {**spec, "channels": channels}
 
 
 def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +102,7 @@ class DigitsSource(ImageSource):
         ref, unseen = train_test_split(np.arange(len(labels)), test_size=self.unseen_fraction,
                                        random_state=self.seed, stratify=labels)
         idx = np.sort(ref if self.split == "reference" else unseen)[: self.limit]
-        self._images = images[idx]
+        self._images = images[idx, : self.channels]
         self.labels = labels[idx]
         self.ids = [f"digits/{i}" for i in idx]
         self.class_names = [str(c) for c in range(10)]
@@ -104,8 +111,9 @@ class DigitsSource(ImageSource):
         return self._images[np.asarray(indices)]
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "digits", "split": self.split, "image_size": self.image_size, "seed": self.seed,
-                "unseen_fraction": self.unseen_fraction, "limit": self.limit}
+        return _with_channels({"kind": "digits", "split": self.split, "image_size": self.image_size,
+                               "seed": self.seed, "unseen_fraction": self.unseen_fraction, "limit": self.limit},
+                              self.channels)
 
 
 def max_image_pixels() -> int | None:
@@ -132,7 +140,7 @@ def _too_large(path: Path, size: tuple[int, int] | None, limit: int | None) -> I
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-def _decode(path: Path, image_size: int) -> np.ndarray:
+def _decode(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
     from PIL import Image
 
     limit = max_image_pixels()
@@ -150,7 +158,12 @@ def _decode(path: Path, image_size: int) -> np.ndarray:
             f = Image.fromarray(grey)  # mode "F"
             if f.size != (image_size, image_size):
                 f = f.resize((image_size, image_size), Image.BILINEAR)
-            return np.repeat(np.asarray(f, dtype=np.float32)[None], 3, axis=0).clip(0.0, 1.0)
+            return np.repeat(np.asarray(f, dtype=np.float32)[None], channels, axis=0).clip(0.0, 1.0)
+        if channels == 1:  # Pillow's ITU-R 601-2 luma of RGB and palette images
+            grey = im.convert("L")
+            if grey.size != (image_size, image_size):
+                grey = grey.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(grey, dtype=np.float32)[None] / 255.0
         rgb = im.convert("RGB")
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
@@ -200,7 +213,7 @@ class ImageFolderSource(ImageSource):
         good, good_labels = [], []
         for p, y in zip(paths, labels, strict=True):
             try:
-                _decode(p, self.image_size)
+                _decode(p, self.image_size, self.channels)
             except Exception as exc:  # any decoder failure is a reported skip
                 self.skipped.append({"id": str(p.relative_to(root)), "reason": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -219,7 +232,7 @@ class ImageFolderSource(ImageSource):
         self.labels = np.asarray(good_labels, dtype=np.int64)
 
     def load(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([_decode(self._paths[i], self.image_size) for i in np.asarray(indices)])
+        return np.stack([_decode(self._paths[i], self.image_size, self.channels) for i in np.asarray(indices)])
 
     def content_fingerprint(self, batch: int = 256) -> str:
         h = hashlib.sha256(self.fingerprint().encode())
@@ -228,8 +241,9 @@ class ImageFolderSource(ImageSource):
         return h.hexdigest()[:16]
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "imagefolder", "root": str(self.root), "image_size": self.image_size,
-                "per_class": self.per_class, "seed": self.seed, "classes": self.class_names}
+        return _with_channels({"kind": "imagefolder", "root": str(self.root), "image_size": self.image_size,
+                               "per_class": self.per_class, "seed": self.seed, "classes": self.class_names},
+                              self.channels)
 
 
 def _why_empty(folder: Path, skipped: list[dict[str, str]], name: str) -> str:
@@ -256,11 +270,14 @@ class ArraySource(ImageSource):
             labels = z["labels"] if "labels" in z else np.full(len(images), -1)
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"{self.path}: images must be [N, 1|3, H, W], got {images.shape}.")
+        if images.shape[1] == 3 and self.channels == 1:
+            raise ValueError(f"{self.path}: images have 3 channels but the model takes 1 (data.channels): save "
+                             "grey images [N, 1, H, W], or use a model of 3 input channels.")
         uint8 = images.dtype == np.uint8
         images = images.astype(np.float32, copy=False)
         if uint8:
             images /= 255.0
-        self._images = np.repeat(images, 3, axis=1) if images.shape[1] == 1 else images
+        self._images = np.repeat(images, self.channels, axis=1) if images.shape[1] == 1 else images
         self.labels = labels.astype(np.int64)
         self.ids = [f"{Path(self.path).name}/{i}" for i in range(len(images))]
         known = sorted(set(self.labels.tolist()) - {-1})
@@ -270,7 +287,7 @@ class ArraySource(ImageSource):
         return self._images[np.asarray(indices)]
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "arrays", "path": str(self.path)}
+        return _with_channels({"kind": "arrays", "path": str(self.path)}, self.channels)
 
 
 def source_from_spec(spec: dict[str, Any]) -> ImageSource:

@@ -1,28 +1,31 @@
 """Split a classifier ``F = G ∘ ψ`` at a named layer and check that ``G`` is piecewise linear.
 
-``ψ`` is the output of the named layer; ``G`` is everything after it. RI's theory holds only when
-``G`` is piecewise linear (ReLU family, max/avg pooling, linear, batch-norm in eval mode, dropout in
-eval mode, reshapes); anything else is refused unless explicitly overridden.
+``ψ`` is the output of the named layer (any module's, functional ops included, or a named graph node);
+``G`` is everything after it. RI's theory holds only when ``G`` is piecewise linear (ReLU family,
+max/avg pooling, linear, batch-norm in eval mode, dropout in eval mode, sums, concatenations, reshapes);
+anything else is refused unless explicitly overridden. ``repint.graph`` holds the tracing and the op lists.
 """
 
 from __future__ import annotations
 
-import operator
 import threading
 import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
+
+from repint.graph import OpKind, TracedNet, cut, describe, trace
 
 __all__ = [
     "AffineHeadWarning",
     "Classifier",
     "LayerNotFoundError",
     "NonPiecewiseLinearError",
+    "SplitMismatchError",
     "SplitModel",
+    "check_split",
+    "example_input",
     "split_model",
 ]
 
@@ -33,6 +36,10 @@ class LayerNotFoundError(ValueError):
 
 class NonPiecewiseLinearError(ValueError):
     """The head G contains an operation that is not piecewise linear."""
+
+
+class SplitMismatchError(ValueError):
+    """``G(ψ(x))`` does not reproduce ``F(x)``: the traced parts are not the model."""
 
 
 class AffineHeadWarning(UserWarning):
@@ -56,39 +63,54 @@ class Classifier(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-_PL_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.RReLU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Identity, nn.Unflatten,
-)
-_NONLINEAR_PL_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.RReLU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)
-_PL_FUNCTIONS = {
-    torch.flatten, torch.relu, F.relu, F.leaky_relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d, F.dropout, F.linear, torch.cat, torch.reshape, operator.add, operator.sub,
-    operator.neg, operator.getitem, getattr, torch.max, torch.maximum,
-}
-_NONLINEAR_PL_FUNCTIONS = {torch.relu, F.relu, F.leaky_relu, F.max_pool2d, F.adaptive_max_pool2d,
-                           torch.max, torch.maximum}
-_PL_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "permute", "transpose", "squeeze",
-               "unsqueeze", "relu", "clamp_min", "add", "sub", "neg", "max", "mean", "sum"}
-_NONLINEAR_PL_METHODS = {"relu", "clamp_min", "max"}
-
-
 @dataclass
 class SplitModel:
-    """``model`` split at ``layer`` into ``psi`` (input -> ψ) and ``head`` (ψ -> logits, i.e. G)."""
+    """``model`` split at ``layer`` into ``psi`` (input -> ψ) and ``head`` (ψ -> logits, i.e. G).
+
+    ``layer`` is the user's name (relative to :class:`Classifier`'s wrapped net); ``names`` every module
+    whose output is the same tensor. :attr:`composed` is ``G ∘ ψ`` as one module whose submodule
+    :data:`PSI_MODULE` outputs ψ: hook-based methods (Grad-CAM and the like) bind to it, so that ψ is a
+    module output for them even where it is a functional op's result or the output of a module called twice.
+    """
 
     model: nn.Module
     layer: str
-    psi: fx.GraphModule
-    head: fx.GraphModule
+    psi: nn.Module
+    head: nn.Module
     affine: bool
     nonlinear_override: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    max_error: float | None = None
+
+    def __post_init__(self) -> None:
+        self.composed = Composed(self.psi, self.head)
+
+
+PSI_MODULE = "psi"
+
+
+class Composed(nn.Module):
+    """``head(psi(x))``: the model recomposed from its two parts (sharing their parameters)."""
+
+    def __init__(self, psi: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.psi, self.head = psi, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.psi(x))
+
+
+class _Normalised(nn.Module):
+    """ψ of a :class:`Classifier`: its normalisation, then the wrapped net's ψ."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, psi: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+        self.net = psi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
 
 
 # torch.fx patches ``nn.Module.__call__`` for the whole process while it traces: a forward pass that
@@ -98,130 +120,108 @@ class SplitModel:
 TRACE_LOCK = threading.RLock()
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
+def traced(model: nn.Module) -> TracedNet:
+    """``model`` traced with torch.fx (under :data:`TRACE_LOCK`); a model fx cannot trace is a clear error."""
     try:
         with TRACE_LOCK:
-            return fx.symbolic_trace(model)
+            return trace(model)
     except Exception as exc:  # fx raises many kinds of errors on dynamic control flow
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise ValueError(
-            f"Cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). RepInt needs "
+            f"Cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {first}). RepInt needs "
             "a model whose forward has no data-dependent control flow; wrap it in a `module:function` "
             "hook that returns a traceable nn.Module."
         ) from exc
 
 
-def _layer_output_node(gm: fx.GraphModule, layer: str) -> fx.Node:
-    nodes = [n for n in gm.graph.nodes if n.op == "call_module"
-             and (n.target == layer or str(n.target).startswith(layer + "."))]
-    if not nodes:
-        raise LayerNotFoundError(f"Layer {layer!r} is not called in the model's forward pass.")
-    return nodes[-1]
+def layer_names(net: TracedNet) -> list[str]:
+    """Every module whose output is a tensor, in the order the forward pass computes them."""
+    return sorted(net.module_outputs, key=lambda m: (net.order[net.module_outputs[m]], m.count(".")))
 
 
-def _ancestors_of_input(graph: fx.Graph, stop: fx.Node) -> set[fx.Node]:
-    """Nodes that depend on the model input without going through ``stop``."""
-    dep: set[fx.Node] = set()
-    for n in graph.nodes:
-        if n is stop:
-            continue
-        if n.op == "placeholder" or any(a in dep for a in n.all_input_nodes):
-            dep.add(n)
-    return dep
+def example_input(channels: int, image_size: int, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random images ``[n, channels, image_size, image_size]`` in ``[0, 1]`` (for the G∘ψ check)."""
+    return torch.rand(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed))
 
 
-def _check_op(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[bool, bool]:
-    """Return (is piecewise linear, is a non-linear piece) for one head node."""
-    if node.op == "call_module":
-        mod = modules[str(node.target)]
-        return isinstance(mod, _PL_MODULES), isinstance(mod, _NONLINEAR_PL_MODULES)
-    if node.op == "call_function":
-        return node.target in _PL_FUNCTIONS, node.target in _NONLINEAR_PL_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _PL_METHODS, node.target in _NONLINEAR_PL_METHODS
-    return True, False
-
-
-def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return f"module {node.target!r} ({type(modules[str(node.target)]).__name__})"
-    name = getattr(node.target, "__name__", str(node.target))
-    return f"{node.op.replace('call_', '')} {name!r} (graph node {node.name!r})"
-
-
-def split_model(model: nn.Module, layer: str, *, allow_nonlinear_head: bool = False) -> SplitModel:
+def split_model(model: nn.Module, layer: str, *, example: torch.Tensor | None = None,
+                allow_nonlinear_head: bool = False, warn_affine: bool = True) -> SplitModel:
     """Split ``model`` at ``layer`` into ``ψ`` and ``G`` with ``G(ψ(x)) == model(x)``.
 
-    Raises :class:`LayerNotFoundError` listing the model's layers when ``layer`` is unknown,
-    :class:`NonPiecewiseLinearError` naming the offending module when ``G`` is not piecewise
-    linear (unless ``allow_nonlinear_head``), and warns :class:`AffineHeadWarning` when ``G`` is
-    affine.
+    ``layer`` names a module (its output: the value its forward returns, functional ops included) or a
+    graph node of torch.fx (a tensor that is no module's output, e.g. ``add_3``). For a
+    :class:`Classifier`, names are those of the wrapped net (the user's own). With ``example`` (images),
+    ``G(ψ(x)) == F(x)`` is checked to 1e-5.
+
+    Raises :class:`LayerNotFoundError` listing the model's layers when ``layer`` is unknown, a
+    ``ValueError`` when a path to the output bypasses it (a skip connection), :class:`NonPiecewiseLinearError`
+    naming the offending op when ``G`` is not piecewise linear (unless ``allow_nonlinear_head``),
+    :class:`SplitMismatchError` when G∘ψ does not reproduce the model on ``example``; warns
+    :class:`AffineHeadWarning` when ``G`` is affine.
     """
     model = model.eval()
-    names = [n for n, _ in model.named_modules() if n]
-    if layer not in names:
+    inner = model.net if isinstance(model, Classifier) else model
+    net = traced(inner)
+    try:
+        target = net.node(layer)
+    except KeyError:
+        names = layer_names(net)
         raise LayerNotFoundError(
-            f"Layer {layer!r} does not exist in {type(model).__name__}. Its layers are: {', '.join(names)}. "
-            "Name the layer whose output is ψ (for VGG-style nets: the ReLU after the last convolution)."
-        )
-    gm = _trace(model)
-    modules = dict(gm.named_modules())
-    target = _layer_output_node(gm, layer)
-    order = list(gm.graph.nodes)
-    pos = order.index(target)
-    input_dep = _ancestors_of_input(gm.graph, target)
-
-    # psi: the graph up to the target node.
-    psi_graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for n in order[: pos + 1]:
-        env[n] = psi_graph.node_copy(n, lambda a: env[a])
-    psi_graph.output(env[target])
-    psi = fx.GraphModule(gm, psi_graph)
-
-    # head: placeholder t, then every node after the target (and constants it needs).
-    head_graph = fx.Graph()
-    henv: dict[fx.Node, fx.Node] = {target: head_graph.placeholder("t")}
-    output_node = next(n for n in order if n.op == "output")
-
-    def arg(a: fx.Node) -> fx.Node:
-        if a in henv:
-            return henv[a]
-        if a in input_dep:
-            raise ValueError(
-                f"Layer {layer!r} does not separate the network: the part after it also uses "
-                f"{a.name!r}, computed before it (a skip connection?). Choose a layer that every path "
-                "to the output goes through."
-            )
-        henv[a] = head_graph.node_copy(a, arg)  # a constant (get_attr) defined before the layer
-        return henv[a]
-
-    nonlinear, offending = False, []
-    for n in order[pos + 1:]:
-        if n.op == "output":
-            break
-        ok, nl = _check_op(n, modules)
-        if not ok:
-            offending.append(_describe(n, modules))
-        # An op outside the piecewise-linear list (GELU, sigmoid, ..., run under the override) is not
-        # known to be affine either: the head must not then be reported as affine.
-        nonlinear |= nl or not ok
-        henv[n] = head_graph.node_copy(n, arg)
-    head_graph.output(fx.map_arg(output_node.args[0], arg))
-    head = fx.GraphModule(gm, head_graph)
-
+            f"Layer {layer!r} does not exist in {type(inner).__name__} (as a module whose output is a tensor, or a "
+            f"graph node). Its layers are: {', '.join(names)}. Name the layer whose output is ψ (for VGG-style "
+            "nets: the ReLU after the last convolution); `repint layers` lists the candidates and recommends one."
+        ) from None
+    parts = cut(net, target, layer)
+    offending = [describe(net, n) for n, kind in parts.kinds if kind is OpKind.OTHER]
+    # An op outside the piecewise-linear lists (GELU, sigmoid, ..., run under the override) is not known to
+    # be affine either: the head must not then be reported as affine.
+    nonlinear = any(kind is not OpKind.LINEAR for _, kind in parts.kinds)
     if offending and not allow_nonlinear_head:
         raise NonPiecewiseLinearError(
             f"The head G after layer {layer!r} is not piecewise linear: {'; '.join(offending)}. "
             "RI's linear boundaries exist only for ReLU-family/max-pool/linear heads. Cut ψ at a later "
-            "layer, or set `allow_nonlinear_head: true` to run anyway (recorded in the results)."
+            "layer (`repint layers` lists them), or set `allow_nonlinear_head: true` to run anyway (recorded "
+            "in the results)."
         )
-    if not nonlinear:
+    if not nonlinear and warn_affine:
         warnings.warn(
             f"The head G after layer {layer!r} is affine (no ReLU or max-pool after it): it has a single "
             "linear region, so all sampled boundaries between two classes are the same and RI collapses. "
-            "Cut ψ at an earlier layer.",
+            "Cut ψ at an earlier layer (`repint layers` recommends one).",
             AffineHeadWarning,
             stacklevel=2,
         )
-    return SplitModel(model=model, layer=layer, psi=psi, head=head, affine=not nonlinear,
-                      nonlinear_override=offending)
+    psi: nn.Module = parts.psi
+    if isinstance(model, Classifier):
+        psi = _Normalised(model.mean, model.std, parts.psi)
+    sm = SplitModel(model=model, layer=layer, psi=psi, head=parts.head, affine=not nonlinear,
+                    nonlinear_override=offending, names=net.names_of(target) or [target.name])
+    if example is not None:
+        sm.max_error = check_split(sm, example)
+    return sm
+
+
+def check_split(sm: SplitModel, example: torch.Tensor, tol: float = 1e-5) -> float:
+    """The largest ``|G(ψ(x)) - F(x)|`` on ``example`` (relative to the logits' scale when above 1);
+    :class:`SplitMismatchError` when it exceeds ``tol``."""
+    dev = next(iter(sm.model.parameters()), torch.empty(0)).device
+    x = example.to(dev, torch.float32)
+    with torch.no_grad():
+        full = sm.model(x)
+        if not isinstance(full, torch.Tensor):
+            raise ValueError(f"{type(sm.model).__name__} returns a {type(full).__name__}, not a tensor of logits: "
+                             "wrap it in a `module:function` hook whose forward returns the logits.")
+        split = sm.head(sm.psi(x))
+    # non-finite logits (NaN weights, say) are the ingest's to report, naming the images: compare the rest
+    finite = torch.isfinite(full)
+    if not torch.equal(finite, torch.isfinite(split)):
+        err = float("inf")
+    else:
+        scale = max(1.0, float(full[finite].abs().max())) if finite.any() else 1.0
+        err = float((split - full)[finite].abs().max()) / scale if finite.any() else 0.0
+    if not err <= tol:
+        raise SplitMismatchError(
+            f"G(ψ(x)) differs from the model's output by {err:.3g} (relative) at layer {sm.layer!r}: the traced "
+            "parts do not reproduce the model. Its forward may depend on state or randomness (dropout called "
+            "with training=True, in-place changes of a tensor used later); make it deterministic in eval mode.")
+    return err

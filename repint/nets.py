@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import importlib
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from repint.checkpoints import load_checkpoint
 from repint.model import Classifier
 
 __all__ = ["VGG_WIDTHS", "TrainResult", "VGGNet", "augment_batch", "build_model", "load_checkpoint",
-           "resolve_device", "train_classifier"]
+           "load_network", "resolve_device", "train_classifier"]
 
 VGG_WIDTHS: dict[str, tuple[int, ...]] = {
     "vgg-small": (16, 32, 64),  # the embedded demo (32x32 digits)
@@ -61,14 +61,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Module:
+# torchvision builds these with other settings when it loads pretrained weights (as its builders do)
+_PRETRAINED_SETTINGS: dict[str, dict[str, Any]] = {
+    "googlenet": {"transform_input": True, "aux_logits": True, "init_weights": False},
+    "inception_v3": {"transform_input": True, "aux_logits": True, "init_weights": False},
+}
+
+
+def build_model(architecture: str, num_classes: int, image_size: int, in_channels: int = 3,
+                pretrained: bool = False) -> nn.Module:
     """``vgg-small``/``vgg-medium``/``vgg-large`` (the project's own), a torchvision model name, or ``module:function``.
 
     ``module:function`` imports and calls user code: it is the one place a config can run code, and
-    it is documented as such.
+    it is documented as such. ``in_channels`` is 1 for single-channel (MNIST-style) images: the
+    project's nets take it; torchvision's take 3 only. ``pretrained``: torchvision's settings for its
+    pretrained weights (which are then loaded by :func:`load_network`).
     """
     if architecture in VGG_WIDTHS:
-        return VGGNet(num_classes=num_classes, image_size=image_size, widths=VGG_WIDTHS[architecture])
+        return VGGNet(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                      widths=VGG_WIDTHS[architecture])
     if ":" in architecture:
         mod_name, fn_name = architecture.split(":", 1)
         try:
@@ -87,54 +98,32 @@ def build_model(architecture: str, num_classes: int, image_size: int) -> nn.Modu
     if architecture not in torchvision.models.list_models():
         raise ValueError(f"Unknown architecture {architecture!r}: use one of {sorted(VGG_WIDTHS)}, a torchvision "
                          "model name (e.g. 'vgg11_bn') or 'package.module:function'.")
-    return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        raise ValueError(f"torchvision's {architecture} takes 3-channel images, not {in_channels}: set "
+                         "data.channels: 3 (grey images are then repeated), or bring a single-channel model as "
+                         "`module:function`.")
+    settings = _PRETRAINED_SETTINGS.get(architecture, {}) if pretrained else {}
+    return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes, **settings)
 
 
-def load_checkpoint(net: nn.Module, path: str | Path) -> None:
-    """Load a state dict with ``weights_only=True`` (never unpickles code) and strict key checking.
+def load_network(model: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The network a run spec's ``model`` section describes, with its weights: ``checkpoint`` (a file, any
+    :mod:`repint.checkpoints` format) or ``weights`` (torchvision's pretrained weights). Returns the
+    network and how its weights were found (recorded in the store and ``summary.json``)."""
+    from repint.checkpoints import load_checkpoint, load_pretrained, pretrained_weights
 
-    Every failure is a ``ValueError`` that names the file and says what to do: a pickle that would run
-    code or build Python objects (refused before anything in it executes), a file that is not a torch
-    checkpoint, an object that is not a state dict, missing or unexpected keys, and shapes that do not
-    match the architecture."""
-    import pickle
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it refers to {found.group(1)})" if found else ""
-        raise ValueError(
-            f"Refused to load checkpoint {path}: it is not a plain state dict but a pickle of Python objects"
-            f"{what}, and unpickling it could run arbitrary code. RepInt loads checkpoints with weights_only=True "
-            "only; save the weights as a plain state dict (torch.save(model.state_dict(), path)).") from None
-    except Exception as exc:
-        raise ValueError(f"Cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}): "
-                         "`model.checkpoint` must be a file written by torch.save(model.state_dict(), path).") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        kinds = sorted({type(v).__name__ for v in state.values()}) if isinstance(state, dict) else []
-        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}"
-                         + (f" with values of type {', '.join(kinds)}" if kinds else "")
-                         + ", not a state dict of tensors: save it with torch.save(model.state_dict(), path).")
-    missing, unexpected = _load_state(net, state, path)
-    if missing or unexpected:
-        raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {list(missing)[:8]}"
-                         f"{' (and more)' if len(missing) > 8 else ''}, unexpected keys {list(unexpected)[:8]}"
-                         f"{' (and more)' if len(unexpected) > 8 else ''}. Check `model.architecture` "
-                         "(and that the checkpoint is the network's own state_dict, not a wrapper's).")
-
-
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> tuple[list[str], list[str]]:
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches are raised even with strict=False
-        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        raise ValueError(f"Checkpoint {path} does not fit the architecture: {'; '.join(sizes[:4]) or exc}. "
-                         "Check `model.architecture`, `model.num_classes` (the output count) and "
-                         "`data.image_size`.") from None
-    return list(missing), list(unexpected)
+    net = build_model(model["architecture"], model["num_classes"], model["image_size"],
+                      in_channels=len(model.get("mean") or (0, 0, 0)), pretrained=bool(model.get("weights")))
+    loading: dict[str, Any] = {}
+    if model.get("checkpoint"):
+        fmt = load_checkpoint(net, model["checkpoint"])
+        if not fmt.plain:
+            loading["checkpoint_format"] = fmt.as_dict()
+    elif model.get("weights"):
+        weights = pretrained_weights(model["architecture"], model["weights"])
+        loading["weights"] = str(weights)
+        loading["weights_file"] = str(load_pretrained(net, weights))
+    return net, loading
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

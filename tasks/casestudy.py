@@ -13,6 +13,7 @@ import torch
 
 from repint.methods import get_method
 from repint.metrics import keep_top_fraction, mask_images
+from repint.model import PSI_MODULE
 from repint.ranking import rank_similar
 from repint.tasks.common import RunSpec, batched_forward, device, load_split, source
 from repint.tasks.evaluate import load_interpretation, softmax
@@ -59,7 +60,7 @@ def euclidean_neighbours(store, x: int, top: int = 4, block: int = 1024) -> np.n
 def _maps_and_keep(spec: RunSpec, store, method: str, centre: int, images: np.ndarray,  # noqa: ANN001
                    feats: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     sm = load_split(spec)
-    m = get_method(method).bind(sm.model, sm.layer)
+    m = get_method(method).bind(sm.composed, PSI_MODULE)
     interp = load_interpretation(store, method, centre)
     try:
         maps = m.heatmaps(interp, images, feats)

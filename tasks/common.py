@@ -11,11 +11,11 @@ import torch
 from pydantic import BaseModel, Field, field_serializer, field_validator, model_validator
 
 from repint.data import ImageSource, source_from_spec
-from repint.model import Classifier, SplitModel, split_model
-from repint.nets import build_model, load_checkpoint, resolve_device
+from repint.model import Classifier, SplitModel, example_input, split_model
+from repint.nets import load_network, resolve_device
 from repint.storage import FeatureStore, mask_secrets, protect_secrets, redact_url, split_url_credentials
 
-__all__ = ["RunSpec", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
+__all__ = ["RunSpec", "build_split", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
 
 
 class RunSpec(BaseModel):
@@ -90,18 +90,23 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
 
+def build_split(m: dict[str, Any]) -> tuple[SplitModel, dict[str, Any]]:
+    """The run spec's ``model`` built, its weights loaded, wrapped in its normalisation and split at ψ
+    (``G(ψ(x)) == F(x)`` checked on two seeded random images); and how the weights were found."""
+    net, loading = load_network(m)
+    clf = Classifier(net, tuple(m["mean"]), tuple(m["std"])).eval()
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    sm = split_model(clf, m["layer"], allow_nonlinear_head=m.get("allow_nonlinear_head", False),
+                     example=example_input(len(m["mean"]), m["image_size"]))
+    return sm, loading
+
+
 @functools.lru_cache(maxsize=4)
 def _load(model_json: str) -> SplitModel:
     import json
 
-    m = json.loads(model_json)
-    net = build_model(m["architecture"], m["num_classes"], m["image_size"])
-    if m.get("checkpoint"):
-        load_checkpoint(net, m["checkpoint"])
-    clf = Classifier(net, tuple(m["mean"]), tuple(m["std"])).eval()
-    for p in clf.parameters():
-        p.requires_grad_(True)
-    return split_model(clf, "net." + m["layer"], allow_nonlinear_head=m.get("allow_nonlinear_head", False))
+    return build_split(json.loads(model_json))[0]
 
 
 def load_split(spec: RunSpec) -> SplitModel:

@@ -10,6 +10,7 @@ from prefect import task
 from repint.centres import squared_distances
 from repint.methods import InterpretationInput, get_method, parse_variant
 from repint.metrics import AverageDropIncrease, mask_images
+from repint.model import PSI_MODULE
 from repint.signs import unpack_signs
 from repint.storage import fingerprint_params
 from repint.tasks.common import (
@@ -82,7 +83,7 @@ def interpretation_input(spec: RunSpec, store, centre: int, method: str) -> Inte
         cluster, rand = cluster_images(spec, store, centre)
     return InterpretationInput(
         cluster_images=cluster, random_images=rand,
-        model=sm.model, layer=sm.layer, image=source(spec, "reference").load(np.array([x]))[0],
+        model=sm.composed, layer=PSI_MODULE, image=source(spec, "reference").load(np.array([x]))[0],
         features=store.read("reference/features", x), predicted_class=int(store.read("reference/predictions", x)),
         boundaries_W=W, boundaries_b=b, orient=bool(method_settings(spec, method).get("orient", True)))
 
@@ -161,7 +162,7 @@ def evaluate_chunk(spec: RunSpec, method: str, chunk: int) -> dict:
     masked images in batches, and store ``Y_c(e)`` and ``Y_c(e')``."""
     store, m = open_store(spec), get_method(method)
     sm = load_split(spec)
-    m.bind(sm.model, sm.layer)
+    m.bind(sm.composed, PSI_MODULE)
     n = store.shape("unseen/predictions")[0]
     lo, hi = chunks(n, spec.chunk_size)[chunk]
     idx = np.arange(lo, hi)

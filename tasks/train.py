@@ -46,7 +46,7 @@ def train_model(reference: dict[str, Any], unseen: dict[str, Any] | None, archit
         return json.loads(meta_path.read_text())
     log = logger()
     torch.manual_seed(train.get("seed", 0))
-    net = build_model(architecture, n_classes, image_size)
+    net = build_model(architecture, n_classes, image_size, in_channels=len(mean))
     model = Classifier(net, tuple(mean), tuple(std))
     images = src.load(np.arange(len(src)))
     start = time.perf_counter()

@@ -333,16 +333,18 @@ def test_non_piecewise_linear_head_is_refused(tmp_path, capsys, hook, module):
     cfg = _digits_cfg(tmp_path, {"architecture": f"test_bad_inputs:{hook}", "layer": PSI})
     rc, err = _run_cli(["run", str(cfg), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2
-    assert f"not piecewise linear: module 'net.classifier.2' ({module})" in err
-    assert "Cut ψ at a later layer, or set `allow_nonlinear_head: true`" in err
+    assert f"not piecewise linear: module 'classifier.2' ({module})" in err  # the user's own name
+    assert "net." not in err
+    assert "Cut ψ at a later layer (`repint layers` lists them), or set `allow_nonlinear_head: true`" in err
 
 
 def test_unknown_layer_lists_the_layers(tmp_path, capsys):
     cfg = _digits_cfg(tmp_path, {"layer": "features.99"})
     rc, err = _run_cli(["run", str(cfg), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2
-    assert "Layer 'net.features.99' does not exist" in err
-    assert "net.features.19" in err and "net.classifier.6" in err
+    assert "Layer 'features.99' does not exist in VGGNet" in err
+    assert "features.19" in err and "classifier.6" in err
+    assert "net." not in err  # the user's own names, never the internal wrapper's
     assert "Name the layer whose output is ψ" in err
 
 
@@ -598,10 +600,12 @@ def _kw(call: ast.Call, name: str) -> object:
 
 def test_torch_load_is_always_weights_only():
     files = _python_files(*PRODUCT, "tests", "examples")
+    loaders = ("torch.load", "weights.get_state_dict", "torch.hub.load_state_dict_from_url")
     bad = [f"{p.relative_to(ROOT)}:{c.lineno}" for p in files for name, c in _calls(p)
-           if name == "torch.load" and _kw(c, "weights_only") is not True]
-    assert bad == [], "torch.load without weights_only=True"
-    assert any(name == "torch.load" for name, _ in _calls(ROOT / "repint" / "nets.py"))  # the scan sees it
+           if name in loaders and _kw(c, "weights_only") is not True]
+    assert bad == [], "torch.load (or torchvision's weights loader) without weights_only=True"
+    found = {name for name, _ in _calls(ROOT / "repint" / "checkpoints.py")}
+    assert {"torch.load", "weights.get_state_dict"} <= found  # the scan sees both
 
 
 def test_no_unsafe_deserialisation_in_the_product():

@@ -185,7 +185,7 @@ def test_split_a_classifier_wrapped_vggnet():
     torch.manual_seed(5)
     net = VGGNet(num_classes=2, widths=(4,), image_size=8, hidden=(8, 4))
     clf = Classifier(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
-    sm = split_model(clf, "net." + net.psi_layer)
+    sm = split_model(clf, net.psi_layer)  # the user's own name, without the wrapper's prefix
     x = images(2, 8)
     with torch.no_grad():
         torch.testing.assert_close(sm.head(sm.psi(x)), clf(x))

@@ -1,0 +1,184 @@
+"""Loading weights as people save them: plain state dicts, state dicts nested in a training checkpoint,
+keys prefixed by a wrapper (DataParallel/DDP, torch.compile, Lightning), and torchvision's pretrained
+weights through its own API. Always ``weights_only=True``: a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["NESTED_KEYS", "PREFIXES", "CheckpointFormat", "load_checkpoint", "load_pretrained", "pretrained_weights"]
+
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
+"""Keys of a training checkpoint under which the state dict is looked for."""
+PREFIXES = ("module.", "_orig_mod.", "model.")
+"""Key prefixes of wrappers: ``nn.DataParallel``/DDP, ``torch.compile``, a Lightning module's ``self.model``."""
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """How the file's state dict was found: under which key, with which prefixes removed."""
+
+    nested: str | None = None
+    stripped: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def plain(self) -> bool:
+        return self.nested is None and not self.stripped
+
+    def describe(self) -> str:
+        parts = [f"the state dict under {self.nested!r}" if self.nested else "the state dict"]
+        if self.stripped:
+            parts.append(f"with the key prefix{'es' if len(self.stripped) > 1 else ''} "
+                         f"{' + '.join(repr(p) for p in self.stripped)} removed")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"nested": self.nested, "stripped": list(self.stripped), "description": self.describe()}
+
+
+def _is_state(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _variants(state: dict[str, torch.Tensor], depth: int = 3) -> list[tuple[tuple[str, ...], dict[str, torch.Tensor]]]:
+    """``state`` and every state reached by removing a prefix that *every* key carries (up to ``depth``)."""
+    out, frontier = [((), state)], [((), state)]
+    for _ in range(depth):
+        nxt = []
+        for stripped, s in frontier:
+            for p in PREFIXES:
+                if all(k.startswith(p) for k in s):
+                    nxt.append(((*stripped, p), {k[len(p):]: v for k, v in s.items()}))
+        out += nxt
+        frontier = nxt
+    return out
+
+
+def _read(path: str | Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        raise ValueError(
+            f"Refused to load checkpoint {path}: it is not a plain state dict but a pickle of Python objects"
+            f"{what}, and unpickling it could run arbitrary code. RepInt loads checkpoints with weights_only=True "
+            "only; save the weights as a plain state dict (torch.save(model.state_dict(), path)).") from None
+    except Exception as exc:
+        raise ValueError(f"Cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}): "
+                         "`model.checkpoint` must be a file written by torch.save(model.state_dict(), path).") from None
+
+
+def _candidates(obj: Any) -> list[tuple[str | None, dict[str, torch.Tensor]]]:
+    found: list[tuple[str | None, dict[str, torch.Tensor]]] = [(None, obj)] if _is_state(obj) else []
+    if isinstance(obj, dict):
+        found += [(k, obj[k]) for k in NESTED_KEYS if _is_state(obj.get(k))]
+    return found
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def load_checkpoint(net: nn.Module, path: str | Path) -> CheckpointFormat:
+    """Load ``path`` into ``net`` with ``weights_only=True`` and strict key checking; return how its state
+    dict was found.
+
+    The state dict may be the file itself or nested under one of :data:`NESTED_KEYS`, and its keys may
+    carry wrapper prefixes (:data:`PREFIXES`); a nesting or a prefix is accepted only when it makes every
+    key match the architecture, and two different matching state dicts are an error. Every failure is a
+    ``ValueError`` that names the file and says what to do."""
+    obj = _read(path)
+    candidates = _candidates(obj)
+    if not candidates:
+        values = obj.values() if isinstance(obj, dict) else []
+        kinds = sorted({type(v).__name__ for v in values})
+        raise ValueError(f"Checkpoint {path} holds a {type(obj).__name__}"
+                         + (f" with values of type {', '.join(kinds)}" if kinds else "")
+                         + ", not a state dict of tensors: save it with torch.save(model.state_dict(), path)"
+                         + (f" (looked for one under {', '.join(map(repr, NESTED_KEYS))} too)."
+                            if isinstance(obj, dict) else "."))
+    expected = set(net.state_dict())
+    tried = [(CheckpointFormat(nested, stripped), s) for nested, state in candidates
+             for stripped, s in _variants(state)]
+    matches = [(fmt, s) for fmt, s in tried if set(s) == expected]
+    if not matches:
+        fmt, best = min(tried, key=lambda t: len(set(t[1]) ^ expected))
+        missing, unexpected = sorted(expected - set(best)), sorted(set(best) - expected)
+        others = "; ".join(f.describe() for f, _ in tried if f != fmt)
+        raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {missing[:8]}"
+                         f"{' (and more)' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+                         f"{' (and more)' if len(unexpected) > 8 else ''}. Check `model.architecture` "
+                         "(and that the checkpoint is the network's own state_dict, not a wrapper's). "
+                         f"Tried {fmt.describe()}" + (f"; also {others}" if others else "") + ".")
+    fmt, state = matches[0]
+    different = [f for f, s in matches[1:] if not _same(s, state)]
+    if different:
+        raise ValueError(f"Checkpoint {path} is ambiguous: {fmt.describe()} and "
+                         f"{', '.join(f.describe() for f in different)} all match the architecture but hold "
+                         "different weights. Save the one you mean alone: torch.save(model.state_dict(), path).")
+    _load_state(net, state, path)
+    return fmt
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ValueError(f"Checkpoint {path} does not fit the architecture: {'; '.join(sizes[:4]) or exc}. "
+                         "Check `model.architecture`, `model.num_classes` (the output count) and "
+                         "`data.image_size`.") from None
+
+
+# ------------------------------------------------------------------------------------- torchvision's weights
+def pretrained_weights(architecture: str, name: str) -> Any:
+    """torchvision's weights enum member for ``architecture``: ``DEFAULT``, a member name
+    (``IMAGENET1K_V1``) or a full name (``ResNet18_Weights.IMAGENET1K_V1``)."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(architecture)
+    except (ValueError, KeyError):
+        raise ValueError(f"model.weights is set, but {architecture!r} is not a torchvision architecture with "
+                         "pretrained weights: use a `model.checkpoint` instead.") from None
+    member = name.split(".", 1)[1] if name.startswith(enum.__name__ + ".") else name
+    try:
+        return enum[member] if member != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise ValueError(f"model.weights {name!r} is not a weight of {architecture}: use DEFAULT or one of "
+                         f"{', '.join(w.name for w in enum)}.") from None
+
+
+def cached_weights_file(weights: Any) -> Path:
+    """Where torch hub keeps ``weights``' file (``$TORCH_HOME/hub/checkpoints/<file name of its URL>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def load_pretrained(net: nn.Module, weights: Any) -> Path:
+    """Load torchvision's ``weights`` into ``net`` through torchvision's own API (torch hub's cache, a
+    download where there is network), ``weights_only=True``. Without network and without the cached
+    file, a ``ValueError`` says how to pre-download it. Returns the cached file."""
+    path = cached_weights_file(weights)
+    try:
+        state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        _read(path)  # the cached file is not a plain state dict: the same refusal as for a checkpoint
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"model.weights {weights}: {path.name} is not in the torch hub cache ({path.parent}) and downloading "
+            f"{weights.url} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+            f"On a machine with network run `python -c \"import torchvision; torchvision.models.get_weight("
+            f"'{weights}').get_state_dict()\"` and copy {path.name} into {path.parent} (or set TORCH_HOME).") from None
+    _load_state(net, state, path)
+    return path
