@@ -8,7 +8,8 @@ at each image) a few images give.
 
 :func:`recommend` picks the deepest cut whose ψ is a spatial feature map (``C x H x W``, ``H, W >= 2``),
 whose head is piecewise linear and not affine, and whose boundaries are not all the same on the images;
-modules' outputs are preferred over bare graph nodes (a name the user knows), and outputs of pooling ops
+modules' outputs and top-level ops are preferred over ops inside a module (a block's pre-activation sum is
+not a name the user knows), and outputs of pooling ops
 are passed over while a non-pooled map qualifies (the authors cut VGG at the ReLU before its last
 max-pool, so heat maps keep that resolution).
 """
@@ -46,6 +47,7 @@ class LayerReport:
     separates: bool
     aliases: list[str] = field(default_factory=list)
     module: bool = True
+    inside: str = ""
     reason: str | None = None
     piecewise_linear: bool | None = None
     breaking_op: str | None = None
@@ -138,6 +140,8 @@ def analyse_layers(model: nn.Module, images: np.ndarray | torch.Tensor, *, bound
         rep = LayerReport(name=name, node=node.name, position=net.order[node], shape=tuple(value.shape[1:]),
                           separates=skip is None, aliases=[m for m in names if m != name],
                           module=name != node.name or node.op == "call_module", pool=is_pool(node, net.modules))
+        if not rep.module:
+            rep.inside = net.owner(node)
         if skip is not None:
             owner = net.owner(skip)
             rep.reason = (f"a skip connection bypasses it: the part after it also uses {net.name(skip)!r}"
@@ -183,8 +187,9 @@ def recommend(model: nn.Module, images: np.ndarray | torch.Tensor,
     ok = [r for r in reports if r.eligible]
     if not ok:
         raise LayerChoiceError(_why_none(model, reports))
-    for pools, nodes in ((False, False), (False, True), (True, True)):  # modules' outputs first, pools last
-        pick = [r for r in ok if (pools or not r.pool) and (nodes or r.module)]
+    # modules' outputs and top-level ops first, then ops inside a module (a block's pre-activation sum), pools last
+    for pools, inner in ((False, False), (False, True), (True, True)):
+        pick = [r for r in ok if (pools or not r.pool) and (inner or not r.inside)]
         if pick:
             best = max(pick, key=lambda r: r.position)
             best.recommended = True
