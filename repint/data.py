@@ -257,7 +257,7 @@ def _why_empty(folder: Path, skipped: list[dict[str, str]], name: str) -> str:
 
 @dataclass
 class ArraySource(ImageSource):
-    """An ``.npz`` file with ``images`` ``[N, 3, H, W]`` (float in [0, 1] or uint8) and optional ``labels``."""
+    """An ``.npz`` file with ``images`` ``[N, 1|3, H, W]`` (float in [0, 1] or uint8) and optional ``labels``."""
 
     path: str = ""
 

@@ -62,3 +62,9 @@ def spatial_maps(W: np.ndarray, features: np.ndarray, size: tuple[int, int]) -> 
     raw = torch.relu(torch.einsum("pkhw,nkhw->nphw", w, f))
     up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
     return normalise_maps(up).mean(dim=1).numpy()
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """A pixel-space image ``[C, H, W]`` as ``[H, W, 3]`` in ``[0, 1]`` for drawing (grey images repeated)."""
+    hwc = np.clip(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), 0, 1)
+    return np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else hwc

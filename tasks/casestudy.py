@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repint.heatmaps import display_image
 from repint.methods import get_method
 from repint.metrics import keep_top_fraction, mask_images
 from repint.model import PSI_MODULE
@@ -92,7 +93,7 @@ def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> d
     fig, axes = plt.subplots(1 + len(methods), len(shown), figsize=(1.6 * len(shown), 1.75 * (1 + len(methods))),
                              squeeze=False)
     for j in range(len(shown)):
-        axes[0, j].imshow(images[j].transpose(1, 2, 0))
+        axes[0, j].imshow(display_image(images[j]))
         axes[0, j].set_title(f"{titles[j]}\nY={y[j]:.2f}", fontsize=7)
     for i, method in enumerate(methods, 1):
         maps, keep = _maps_and_keep(spec, store, method, centre, images, feats, fraction)
@@ -101,7 +102,7 @@ def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> d
         y_masked = softmax(out)[np.arange(len(shown)), cls]
         scores[method] = [round(float(v), 4) for v in y_masked]
         for j in range(len(shown)):
-            axes[i, j].imshow(images[j].transpose(1, 2, 0))
+            axes[i, j].imshow(display_image(images[j]))
             axes[i, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
             axes[i, j].set_title(f"Y'={y_masked[j]:.2f}", fontsize=7)
         axes[i, 0].set_ylabel(method, fontsize=7)

@@ -15,6 +15,7 @@ import numpy as np
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
+from repint.heatmaps import display_image
 from repint.methods import get_method
 from repint.metrics import mask_images
 from repint.storage import FeatureStore, redact_url
@@ -40,7 +41,7 @@ def figure_data_uri(fig: Any) -> str:
 
 
 def _hwc(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), 0, 1)
+    return display_image(image)
 
 
 def _pm(mean: float, std: float | None, digits: int = 2) -> str:
@@ -180,6 +181,9 @@ def parameters(specs: list[RunSpec], summary: dict[str, Any], attrs: dict[str, A
     pairs = [
         ("dataset", spec.dataset), ("model", model.get("architecture")), ("checkpoint", model.get("checkpoint")),
         ("checkpoint sha256", model.get("checkpoint_sha256")), ("layer (ψ)", model.get("layer")),
+        ("layer chosen by", "layer: auto (repint layers)" if model.get("layer_choice") == "auto" else "the config"),
+        ("weights found as", (model.get("checkpoint_format") or {}).get("description", "a plain state dict")
+         if model.get("checkpoint") else model.get("weights") or "trained by RepInt"),
         ("classes", model.get("num_classes")), ("image size", model.get("image_size")),
         ("normalisation mean / std", f"{model.get('mean')} / {model.get('std')}"),
         ("|Q|", interp.get("q")), ("Q sampling", interp.get("q_sampling")),

@@ -10,6 +10,7 @@ import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from repint.heatmaps import display_image
 from repint.methods import get_method
 from repint.storage import redact_url
 from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
@@ -34,7 +35,7 @@ def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict
     maps = get_method("RI").heatmaps(interp, images, feats.get_orthogonal_selection((shown,)))
     fig, axes = plt.subplots(2, len(shown), figsize=(2.2 * len(shown), 4.6), squeeze=False)
     for j in range(len(shown)):
-        img = images[j].transpose(1, 2, 0)
+        img = display_image(images[j])
         axes[0, j].imshow(img)
         axes[0, j].set_title("input" if j == 0 else f"similar #{j}", fontsize=9)
         axes[1, j].imshow(img)
@@ -67,6 +68,9 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "model": spec.model["architecture"],
         "checkpoint": spec.model.get("checkpoint"),
         "layer": spec.model["layer"],
+        "layer_choice": spec.model.get("layer_choice", "config"),  # auto: `repint layers`' recommendation
+        "checkpoint_format": spec.model.get("checkpoint_format"),  # nested key / prefixes removed, if any
+        "weights": spec.model.get("weights"),  # torchvision's pretrained weights, if used
         "n_reference": store.shape("reference/predictions")[0],
         "n_unseen": store.shape("unseen/predictions")[0],
         "n_classes": store.shape("reference/logits")[1],

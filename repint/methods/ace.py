@@ -46,7 +46,7 @@ MEAN_COLOUR = 117.5 / 255.0
 
 
 def slic_labels(image: np.ndarray, resolutions: tuple[int, ...] = RESOLUTIONS) -> np.ndarray:
-    """SLIC label maps ``[len(resolutions), H, W]`` of ``image`` ``[3, H, W]``."""
+    """SLIC label maps ``[len(resolutions), H, W]`` of ``image`` ``[C, H, W]``."""
     from skimage.segmentation import slic
 
     hwc = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float64)
@@ -63,15 +63,15 @@ def masks_from_labels(labels: np.ndarray, min_area: float = 0.01) -> np.ndarray:
 
 
 def segments(image: np.ndarray, resolutions: tuple[int, ...] = RESOLUTIONS, min_area: float = 0.01) -> np.ndarray:
-    """Boolean masks ``[s, H, W]`` of the multi-resolution SLIC segments of ``image`` ``[3, H, W]``
+    """Boolean masks ``[s, H, W]`` of the multi-resolution SLIC segments of ``image`` ``[C, H, W]``
     that cover at least ``min_area`` of the image."""
     return masks_from_labels(slic_labels(image, resolutions), min_area)
 
 
 def patches(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Patches ``[s, 3, H, W]``: each segment on the mean colour, cropped to its box, resized."""
-    h, w = image.shape[1:]
-    out = np.empty((len(masks), 3, h, w), dtype=np.float32)
+    """Patches ``[s, C, H, W]``: each segment on the mean colour, cropped to its box, resized."""
+    c, h, w = image.shape
+    out = np.empty((len(masks), c, h, w), dtype=np.float32)
     for i, m in enumerate(masks):
         ys, xs = np.nonzero(m)
         crop = np.where(m[None], image, MEAN_COLOUR)[:, ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
