@@ -65,13 +65,10 @@ def input_channels(cfg: Config) -> int:
         return int(cfg.data.channels)
     if ":" not in cfg.model.architecture:
         return 3
-    from torch import nn
+    from repint.nets import build_model, input_channels_of
 
-    from repint.nets import build_model
-
-    net = build_model(cfg.model.architecture, cfg.model.num_classes or 2, cfg.data.image_size)
-    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d | nn.Linear)), None)
-    return int(first.in_channels) if isinstance(first, nn.Conv2d) and first.in_channels in (1, 3) else 3
+    channels = input_channels_of(build_model(cfg.model.architecture, cfg.model.num_classes or 2, cfg.data.image_size))
+    return channels if channels in (1, 3) else 3
 
 
 def normalisation(cfg: Config, channels: int) -> tuple[list[float], list[float]]:
@@ -151,7 +148,10 @@ def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) 
         model.update(auto_layer(model, ref))
     model.update(validate_model(model))
     if model.get("weights_file"):
-        model["checkpoint_sha256"] = file_sha256(model["weights_file"])
+        from repint.checkpoints import cached_weights_file, pretrained_weights
+
+        weights = pretrained_weights(model["architecture"], model["weights"])
+        model["checkpoint_sha256"] = file_sha256(str(cached_weights_file(weights)))
     out = Path(out_dir).resolve()
     return RunSpec(
         store=cfg.store or str(out / "store.zarr"), storage_options=cfg.storage_options, out_dir=str(out),

@@ -481,14 +481,15 @@ def bench_signs_dask(n: int, feature_shape: tuple[int, ...], q: int, repeats: in
 @functools.lru_cache(maxsize=1)
 def eval_setup(seed: int = 0) -> dict[str, Any]:
     """What the evaluation benchmarks share: a randomly initialised ``vgg-small`` (``build_model``) in
-    the pipeline's :class:`~repint.model.Classifier` wrapper, ψ = ``"net." + net.psi_layer``; the
+    the pipeline's :class:`~repint.model.Classifier` wrapper, split at ``net.psi_layer`` and bound as the
+    pipeline's tasks bind it (``G ∘ ψ``, ψ the output of its submodule ``psi``); the
     digits' unseen split (32x32, RGB) with their ψ features (as the ingest stores them: computed here
     once, never timed); reference images for the input image and ACE's cluster and random images."""
     import torch
 
     from repint.data import DigitsSource
     from repint.methods.gradcam import layer_activations_batch
-    from repint.model import Classifier
+    from repint.model import PSI_MODULE, Classifier, split_model
     from repint.nets import build_model
 
     torch.manual_seed(seed)
@@ -497,8 +498,8 @@ def eval_setup(seed: int = 0) -> dict[str, Any]:
     net = build_model("vgg-small", 10, 32)
     mean = tuple(float(v) for v in ref_images.mean(axis=(0, 2, 3)))
     std = tuple(float(v) for v in ref_images.std(axis=(0, 2, 3)))
-    model = Classifier(net, mean, std).eval()
-    layer = "net." + net.psi_layer
+    split = split_model(Classifier(net, mean, std).eval(), net.psi_layer)
+    model, layer = split.composed, PSI_MODULE
     images = unseen.load(np.arange(len(unseen.labels)))
     return {"model": model, "layer": layer, "images": images, "features": layer_activations_batch(model, layer, images),
             "ref_images": ref_images, "ref_labels": ref.labels}

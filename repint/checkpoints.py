@@ -63,9 +63,23 @@ def _variants(state: dict[str, torch.Tensor], depth: int = 3) -> list[tuple[tupl
     return out
 
 
+def _inert_globals() -> list[Any]:
+    """Types that training scripts save beside the weights and that carry no code: ``argparse.Namespace``
+    (torchvision's reference scripts save their ``args``), numpy scalars, arrays of numbers and dtypes (metrics).
+    An array of Python objects still needs other globals and is refused."""
+    import argparse
+
+    import numpy as np
+
+    multiarray = getattr(np, "_core", np.core).multiarray
+    return [argparse.Namespace, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype,
+            *{type(np.dtype(c)) for c in "?bhilqBHILQefdgFD"}]
+
+
 def _read(path: str | Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_inert_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" (it refers to {found.group(1)})" if found else ""
@@ -135,7 +149,8 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # shape mismatches
         sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        raise ValueError(f"Checkpoint {path} does not fit the architecture: {'; '.join(sizes[:4]) or exc}. "
+        other = " ".join(str(exc).split())[:400]
+        raise ValueError(f"Checkpoint {path} does not fit the architecture: {'; '.join(sizes[:4]) or other}. "
                          "Check `model.architecture`, `model.num_classes` (the output count) and "
                          "`data.image_size`.") from None
 
@@ -171,14 +186,27 @@ def load_pretrained(net: nn.Module, weights: Any) -> Path:
     path = cached_weights_file(weights)
     try:
         state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        _read(path)  # the cached file is not a plain state dict: the same refusal as for a checkpoint
-        raise
     except Exception as exc:
+        if path.is_file():  # there, but not a plain state dict, or damaged: the checkpoint's refusals
+            _read(path)  # a pickle carrying code: the checkpoint's refusal, before anything else
+            raise ValueError(f"model.weights {weights}: the cached file {path} does not load "
+                             f"({type(exc).__name__}): delete it so that it is downloaded again.") from None
         raise ValueError(
             f"model.weights {weights}: {path.name} is not in the torch hub cache ({path.parent}) and downloading "
             f"{weights.url} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
             f"On a machine with network run `python -c \"import torchvision; torchvision.models.get_weight("
             f"'{weights}').get_state_dict()\"` and copy {path.name} into {path.parent} (or set TORCH_HOME).") from None
-    _load_state(net, state, path)
+    _load_state(net, _torchvision_renames(weights, state), path)
     return path
+
+
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _torchvision_renames(weights: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The key renames torchvision's builders apply to their published files: DenseNet's were saved with
+    ``norm.1``-style names that its modules call ``norm1`` (``torchvision.models.densenet._load_state_dict``)."""
+    if not type(weights).__name__.startswith("DenseNet"):
+        return state
+    return {(m.group(1) + m.group(2) if (m := _DENSENET_OLD_KEY.match(k)) else k): v for k, v in state.items()}

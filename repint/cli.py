@@ -199,18 +199,24 @@ def _layers_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
         cfg = load_config(args.config)
         if args.checkpoint:
             cfg.model.checkpoint = args.checkpoint
+        note = ""
+        if cfg.model.checkpoint and "://" not in cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+            note = (f"; random weights: {cfg.model.checkpoint} does not exist yet (the cuts are the same, the "
+                    "boundaries differ)")
+            cfg.model.checkpoint = None
         model, ref, _, name = model_section(cfg)
         clf, images = layer_inputs(model, ref, args.images)
-        return clf, images, f"{cfg.model.architecture} on {name}"
+        return clf, images, f"{cfg.model.architecture} on {name}{note}"
     from repint.checkpoints import pretrained_weights
     from repint.model import Classifier, example_input
-    from repint.nets import load_network
+    from repint.nets import build_model, input_channels_of, load_network
 
     weights = pretrained_weights(args.model, args.weights) if args.weights else None
     size = args.image_size or (224 if weights else 32 if args.model.startswith("vgg-") else 64)
     n_classes = args.num_classes or (len(weights.meta["categories"]) if weights else 10)
-    mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if weights else ([0.5] * args.channels,
-                                                                                  [0.25] * args.channels)
+    channels = args.channels or (3 if weights or ":" not in args.model else
+                                 input_channels_of(build_model(args.model, n_classes, size)) or 3)
+    mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if weights else ([0.5] * channels, [0.25] * channels)
     net, _ = load_network({"architecture": args.model, "num_classes": n_classes, "image_size": size,
                            "mean": mean, "std": std, "checkpoint": args.checkpoint,
                            "weights": str(weights) if weights else None})
@@ -291,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--num-classes", type=int, help="outputs of --model (default 10, or the weights' classes)")
     ly.add_argument("--image-size", type=int, help="side of the random images for --model (default 32 for vgg-*, "
                     "224 with --weights, else 64)")
-    ly.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels for --model")
+    ly.add_argument("--channels", type=int, choices=(1, 3), help="input channels for --model (default: those of its "
+                    "first convolution)")
     ly.add_argument("--images", type=int, default=8, help="images on which boundaries are counted (default 8)")
     ly.add_argument("--all", action="store_true", help="also list the layers a skip connection bypasses")
     ly.add_argument("--json", action="store_true", help="the analysis as JSON")

@@ -35,8 +35,9 @@ class OpKind(Enum):
 
 _LINEAR_MODULES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-    nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    nn.Dropout3d, nn.AlphaDropout, nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad2d, nn.ConstantPad1d,
     nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle,
     nn.Upsample,
@@ -58,16 +59,20 @@ _LINEAR_NAMES = {
     "dropout2d", "dropout3d", "alpha_dropout", "linear", "conv1d", "conv2d", "conv3d", "batch_norm", "pad",
     "interpolate", "channel_shuffle", "pixel_shuffle", "contiguous", "clone", "t",
 }
-_SCALED_NAMES = {"mul", "truediv", "div", "floordiv"}  # linear when at most one operand depends on ψ
+_SCALED_NAMES = {"mul", "truediv", "div", "matmul", "mm", "bmm", "einsum"}  # linear with one ψ-dependent operand
 _PIECEWISE_NAMES = {
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "hardsigmoid", "threshold",
     "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-    "max", "min", "maximum", "minimum", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "abs", "prelu", "rrelu",
+    "max", "min", "maximum", "minimum", "amax", "amin", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "abs",
+    "prelu", "rrelu", "hardshrink", "softshrink",
 }
 _POOL_NAMES = {n for n in _LINEAR_NAMES | _PIECEWISE_NAMES if "pool" in n}
-_METHOD_LINEAR = _LINEAR_NAMES | {"view", "view_as", "size", "dim", "expand", "expand_as", "repeat", "add_", "sub_",
-                                  "neg_", "float", "type_as", "to", "detach"}
+_METHOD_LINEAR = _LINEAR_NAMES | {"view", "view_as", "expand", "expand_as", "repeat", "add_", "sub_", "neg_", "float",
+                                  "type_as", "to", "detach"}
 _METHOD_SCALED = _SCALED_NAMES | {"mul_", "div_"}
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement"}  # ints, not tensors: constants for G
+_CONSTANT_NAMES = {"zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+                   "new_empty"}
 
 
 def _functions(names: Iterable[str]) -> set[object]:
@@ -78,11 +83,47 @@ _LINEAR_FUNCS = _functions(_LINEAR_NAMES) | {getattr}
 _SCALED_FUNCS = _functions(_SCALED_NAMES)
 _PIECEWISE_FUNCS = _functions(_PIECEWISE_NAMES)
 _POOL_FUNCS = _functions(_POOL_NAMES)
+_CONSTANT_FUNCS = _functions(_CONSTANT_NAMES)
+_LOG_SOFTMAX = _functions({"log_softmax"})
 
 
 def _target_name(node: fx.Node) -> str:
     return str(node.target) if node.op in ("call_method", "call_module") else getattr(node.target, "__name__",
                                                                                       str(node.target))
+
+
+def shape_valued(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose value does not depend on a tensor's values: shapes (``x.size(0)``, ``x.shape[2]``), arithmetic
+    on them, and tensors made from a shape alone (``zeros_like``). ``G`` treats them as constants."""
+    out: set[fx.Node] = set()
+    for n in graph.nodes:
+        source = (n.op == "call_method" and n.target in _SHAPE_METHODS | _CONSTANT_NAMES
+                  or n.op == "call_function" and (n.target in _CONSTANT_FUNCS or n.target is getattr
+                                                  and n.args[1:2] in (("shape",), ("ndim",))))
+        arithmetic = (n.op == "call_function" and n.all_input_nodes and all(a in out for a in n.all_input_nodes)
+                      and getattr(n.target, "__module__", None) in ("_operator", "operator", "math", "builtins"))
+        if source or arithmetic:
+            out.add(n)
+    return out
+
+
+def batch_size_node(node: fx.Node) -> bool:
+    """``x.size(0)``, ``x.size()[0]`` or ``x.shape[0]``: the batch size, which the head reads off ψ itself."""
+    if node.op == "call_method" and node.target == "size":
+        return node.args[1:] == (0,) or node.kwargs == {"dim": 0}
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        src = node.args[0]
+        return isinstance(src, fx.Node) and (src.op == "call_method" and src.target == "size" and len(src.args) == 1
+                                             or src.op == "call_function" and src.target is getattr
+                                             and src.args[1] == "shape")
+    return False
+
+
+def _dependent_operands(node: fx.Node, depends: set[fx.Node]) -> list[int]:
+    """Positions of the operands (flattened args, then kwargs) that depend on ψ, duplicates counted."""
+    flat: list[object] = []
+    fx.node.map_aggregate((node.args, node.kwargs), flat.append)
+    return [i for i, a in enumerate(flat) if isinstance(a, fx.Node) and a in depends]
 
 
 def op_kind(node: fx.Node, modules: dict[str, nn.Module], depends: set[fx.Node]) -> OpKind:
@@ -93,8 +134,12 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module], depends: set[fx.Node])
         mod = modules[str(node.target)]
         if isinstance(mod, _PIECEWISE_MODULES):
             return OpKind.PIECEWISE
+        if isinstance(mod, nn.modules.batchnorm._NormBase) and not (mod.track_running_stats
+                                                                     and mod.running_mean is not None):
+            return OpKind.OTHER  # normalises by the batch's own statistics, also in eval
         return OpKind.LINEAR if isinstance(mod, _LINEAR_MODULES) else OpKind.OTHER
-    if not any(a in depends for a in node.all_input_nodes):
+    dependent = _dependent_operands(node, depends)
+    if not dependent:
         return OpKind.LINEAR  # computed from constants only
     if node.op == "call_function":
         linear, scaled, piecewise = (node.target in _LINEAR_FUNCS, node.target in _SCALED_FUNCS,
@@ -104,9 +149,20 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module], depends: set[fx.Node])
         linear, scaled, piecewise = name in _METHOD_LINEAR, name in _METHOD_SCALED, name in _PIECEWISE_NAMES
     if piecewise:
         return OpKind.PIECEWISE
-    if scaled:  # x * 2, x / s: linear; x * y of two ψ-dependent tensors: bilinear
-        return OpKind.LINEAR if sum(a in depends for a in node.all_input_nodes) <= 1 else OpKind.OTHER
+    if scaled:  # x * 2, x / s, W @ x: linear; x * y, 1 / x of ψ-dependent tensors: not
+        division = _target_name(node) in ("truediv", "div", "div_")
+        return OpKind.LINEAR if len(dependent) == 1 and not (division and dependent != [0]) else OpKind.OTHER
     return OpKind.LINEAR if linear else OpKind.OTHER
+
+
+def final_log_softmax(node: fx.Node) -> bool:
+    """``log_softmax`` over the classes as the network's last op: it shifts every logit by the same amount, so
+    differences of logits (ΔG, Eq. 2), the predicted class and the softmax scores are those of its input."""
+    if not (node.op == "call_function" and node.target in _LOG_SOFTMAX
+            or node.op == "call_method" and node.target == "log_softmax"):
+        return False
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    return dim in (1, -1) and all(u.op == "output" for u in node.users)
 
 
 def is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -236,6 +292,7 @@ def cut(net: TracedNet, target: fx.Node, layer: str) -> Cut:
     order = list(net.gm.graph.nodes)
     pos = net.order[target]
     input_dep = _depends_on_input(net.gm.graph, target)
+    shapes = shape_valued(net.gm.graph)
 
     psi_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -251,13 +308,11 @@ def cut(net: TracedNet, target: fx.Node, layer: str) -> Cut:
     def arg(a: fx.Node) -> fx.Node:
         if a in henv:
             return henv[a]
+        if a in input_dep and a in shapes and batch_size_node(a):  # x.size(0) taken before the cut: ψ's own
+            henv[a] = head_graph.call_method("size", (t, 0))
+            return henv[a]
         if a in input_dep:
-            owner = net.owner(a)
-            raise CutError(
-                f"Layer {layer!r} does not separate the network: the part after it also uses {net.name(a)!r}"
-                f"{f' (inside {owner!r})' if owner and owner != net.name(a) else ''}, computed before it (a skip "
-                "connection?). Choose a layer that every path to the output goes through, e.g. a whole block "
-                "(`repint layers` lists them).")
+            raise CutError(bypass_message(net, layer, a, a in shapes))
         henv[a] = head_graph.node_copy(a, arg)  # a constant (get_attr) defined before the layer
         return henv[a]
 
@@ -266,8 +321,22 @@ def cut(net: TracedNet, target: fx.Node, layer: str) -> Cut:
         if n.op == "output":
             break
         henv[n] = head_graph.node_copy(n, arg)
-        if any(a in depends for a in n.all_input_nodes):
-            kinds.append((n, op_kind(n, net.modules, depends)))
+        if n not in shapes and any(a in depends for a in n.all_input_nodes):
+            kinds.append((n, OpKind.LINEAR if final_log_softmax(n) else op_kind(n, net.modules, depends)))
             depends.add(n)
     head_graph.output(fx.map_arg(net.output_node().args[0], arg))
     return Cut(psi=fx.GraphModule(net.gm, psi_graph), head=fx.GraphModule(net.gm, head_graph), kinds=kinds)
+
+
+def bypass_message(net: TracedNet, layer: str, used: fx.Node, shape: bool = False) -> str:
+    """Why a cut at ``layer`` does not separate the network: ``used`` is computed before it and used after it."""
+    name = net.name(used)
+    owner = net.owner(used) if name == used.name else ""  # a module's name says where it is
+    where = f" (inside {owner!r})" if owner else ""
+    if shape:
+        return (f"Layer {layer!r} does not separate the network: the part after it uses the shape {name!r}{where}, "
+                "taken before it from another tensor. Take the shape from the tensor after the cut (out.size(1) "
+                "rather than x.size(1)), or choose another layer.")
+    return (f"Layer {layer!r} does not separate the network: the part after it also uses {name!r}{where}, "
+            "computed before it (a skip connection?). Choose a layer that every path to the output goes through, "
+            "e.g. a whole block (`repint layers` lists them).")

@@ -24,7 +24,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from repint.graph import OpKind, TracedNet, cut, describe, is_pool
+from repint.graph import (
+    OpKind,
+    TracedNet,
+    batch_size_node,
+    bypass_message,
+    cut,
+    describe,
+    is_pool,
+    shape_valued,
+)
 from repint.model import Classifier, traced
 
 __all__ = ["LayerChoiceError", "LayerReport", "analyse_layers", "distinct_boundaries", "recommend"]
@@ -78,7 +87,8 @@ class _KeepAll(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        self.values[n] = out
+        # a copy: a later in-place op (LeakyReLU(inplace=True)) must not change the ψ analysed here
+        self.values[n] = out.detach().clone() if isinstance(out, torch.Tensor) else out
         return out
 
 
@@ -97,7 +107,7 @@ def distinct_boundaries(W: np.ndarray, b: np.ndarray, rtol: float = 1e-4) -> int
 def _bypassing(net: TracedNet) -> dict[fx.Node, fx.Node | None]:
     """For every node computed from the input: an earlier such node that the part after it still uses (a
     skip connection bypasses the cut there), or ``None`` when every path to the output goes through it."""
-    pos = net.order
+    pos, shapes = net.order, shape_valued(net.gm.graph)
     dep: set[fx.Node] = set()
     reach: tuple[int, fx.Node | None] = (-1, None)
     out: dict[fx.Node, fx.Node | None] = {}
@@ -107,10 +117,26 @@ def _bypassing(net: TracedNet) -> dict[fx.Node, fx.Node | None]:
         if n.op != "placeholder":
             out[n] = reach[1] if reach[0] > pos[n] else None
         dep.add(n)
+        if n in shapes and batch_size_node(n):
+            continue  # the head reads the batch size off ψ itself (graph.cut)
         last = max((pos[u] for u in n.users), default=pos[n])
         if last > reach[0]:
             reach = (last, n)
     return out
+
+
+_PASS_THROUGH = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
+def _pooled(net: TracedNet, node: fx.Node, pooled: set[fx.Node]) -> bool:
+    """A pooling op's output, or the output of dropout/identity applied to one (the same map)."""
+    src = node.args[0] if node.args else None
+    passes = (node.op == "call_module" and isinstance(net.modules[str(node.target)], _PASS_THROUGH)
+              or node.op == "call_function" and getattr(node.target, "__name__", "").startswith("dropout")
+              or node.op == "call_method" and node.target in ("contiguous", "clone"))
+    if is_pool(node, net.modules) or (passes and src in pooled):
+        pooled.add(node)
+    return node in pooled
 
 
 def analyse_layers(model: nn.Module, images: np.ndarray | torch.Tensor, *, boundaries: bool = True
@@ -128,10 +154,17 @@ def analyse_layers(model: nn.Module, images: np.ndarray | torch.Tensor, *, bound
     run = _KeepAll(net.gm)
     with torch.no_grad():
         run.run(x)
-    bypass = _bypassing(net)
+    bypass, shapes = _bypassing(net), shape_valued(net.gm.graph)
+    out = net.output_node().args[0]
+    logits = run.values.get(out) if isinstance(out, fx.Node) else out
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"{type(inner).__name__} returns a {type(logits).__name__}, not a tensor of logits: wrap "
+                         "it in a `module:function` hook whose forward returns the logits.")
+    pooled: set[fx.Node] = set()
     reports: list[LayerReport] = []
     for node in net.gm.graph.nodes:
         value = run.values.get(node)
+        _pooled(net, node, pooled)
         if node not in bypass or node.op == "output" or not isinstance(value, torch.Tensor):
             continue
         name, names, skip = net.name(node), net.names_of(node), bypass[node]
@@ -139,13 +172,11 @@ def analyse_layers(model: nn.Module, images: np.ndarray | torch.Tensor, *, bound
             continue  # an inner op of a block: not a candidate anyone names
         rep = LayerReport(name=name, node=node.name, position=net.order[node], shape=tuple(value.shape[1:]),
                           separates=skip is None, aliases=[m for m in names if m != name],
-                          module=name != node.name or node.op == "call_module", pool=is_pool(node, net.modules))
+                          module=name != node.name or node.op == "call_module", pool=node in pooled)
         if not rep.module:
             rep.inside = net.owner(node)
         if skip is not None:
-            owner = net.owner(skip)
-            rep.reason = (f"a skip connection bypasses it: the part after it also uses {net.name(skip)!r}"
-                          f"{f' (inside {owner!r})' if owner and owner != net.name(skip) else ''}, computed before it")
+            rep.reason = bypass_message(net, name, skip, skip in shapes).split(": ", 1)[1].split(". ")[0]
         else:
             _analyse_head(net, node, rep, value if boundaries else None)
         reports.append(rep)

@@ -15,8 +15,8 @@ from torch import nn
 from repint.checkpoints import load_checkpoint
 from repint.model import Classifier
 
-__all__ = ["VGG_WIDTHS", "TrainResult", "VGGNet", "augment_batch", "build_model", "load_checkpoint",
-           "load_network", "resolve_device", "train_classifier"]
+__all__ = ["VGG_WIDTHS", "TrainResult", "VGGNet", "augment_batch", "build_model", "input_channels_of",
+           "load_checkpoint", "load_network", "resolve_device", "train_classifier"]
 
 VGG_WIDTHS: dict[str, tuple[int, ...]] = {
     "vgg-small": (16, 32, 64),  # the embedded demo (32x32 digits)
@@ -52,6 +52,20 @@ class VGGNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def input_channels_of(net: nn.Module) -> int | None:
+    """``in_channels`` of the first 2-D convolution the forward pass runs (traced order; registration order if
+    the net cannot be traced), or ``None`` without one."""
+    from repint.model import traced
+
+    try:
+        gm = traced(net).gm
+        convs = [gm.get_submodule(str(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
+    except ValueError:
+        convs = list(net.modules())
+    first = next((m for m in convs if isinstance(m, nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -122,7 +136,7 @@ def load_network(model: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     elif model.get("weights"):
         weights = pretrained_weights(model["architecture"], model["weights"])
         loading["weights"] = str(weights)
-        loading["weights_file"] = str(load_pretrained(net, weights))
+        loading["weights_file"] = load_pretrained(net, weights).name  # the name only: fingerprints ignore TORCH_HOME
     return net, loading
 
 

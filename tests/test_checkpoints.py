@@ -98,8 +98,16 @@ def test_pretrained_weights_load_from_a_pre_placed_hub_cache(tmp_path, monkeypat
     net, loading = load_network({"architecture": "resnet18", "num_classes": 1000, "image_size": 64,
                                  "mean": [0.5] * 3, "weights": "DEFAULT"})
     assert _same(net, placed)
-    assert loading == {"weights": "ResNet18_Weights.IMAGENET1K_V1",
-                       "weights_file": str(cache / "resnet18-f37072fd.pth")}
+    assert loading == {"weights": "ResNet18_Weights.IMAGENET1K_V1", "weights_file": "resnet18-f37072fd.pth"}
+
+    from repint.config import Config
+    from repint.flows.spec import build_spec
+
+    cfg = Config.model_validate({"data": {"kind": "digits", "limit": 60, "image_size": 64},
+                                 "model": {"architecture": "resnet18", "weights": "DEFAULT", "layer": "layer4.0"}})
+    spec = build_spec(cfg, tmp_path / "out")
+    assert spec.model["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and spec.model["num_classes"] == 1000
+    assert spec.model["checkpoint"] is None and len(spec.model["checkpoint_sha256"]) == 16
 
 
 def test_pretrained_weights_without_network_or_cache_say_how_to_pre_download(tmp_path, monkeypatch):
@@ -174,3 +182,72 @@ def test_single_channel_model_wrapped_checkpoint_and_auto_layer_from_the_config(
     rows = {r["name"]: r for r in report["layers"]}
     assert rows["conv2"]["shape"] == [16, 16, 16] and rows["fc1"]["affine"] is False
     assert rows["fc2"]["affine"] is True or rows["relu_2"]["affine"] is True
+
+
+def test_channel_and_normalisation_mismatches_are_one_line_errors(tmp_path):
+    from repint.config import Config, ConfigError, load_config
+    from repint.data import ArraySource
+    from repint.flows.spec import normalisation
+    from repint.nets import build_model
+
+    cfg = Config.model_validate({"data": {"mean": [0.5, 0.4, 0.3]}})
+    assert normalisation(cfg, 3) == ([0.5, 0.4, 0.3], [0.25, 0.25, 0.25])
+    with pytest.raises(ValueError, match="data.mean has 3 values but the model takes 1-channel images"):
+        normalisation(cfg, 1)
+    assert normalisation(Config(), 1) == ([0.5], [0.25])  # three equal values serve one channel
+    assert normalisation(Config.model_validate({"data": {"mean": [0.1]}}), 3)[0] == [0.1, 0.1, 0.1]
+    (tmp_path / "c.yaml").write_text("data: {mean: [0.5, 0.5]}\n")
+    with pytest.raises(ConfigError, match=r"data\.mean: Value error, give 1 value \(every channel\) or 3"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="torchvision's resnet18 takes 3-channel images, not 1"):
+        build_model("resnet18", 2, 32, in_channels=1)
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="images have 3 channels but the model takes 1"):
+        ArraySource(path=str(tmp_path / "rgb.npz"), channels=1)
+    grey = ArraySource(path=str(tmp_path / "rgb.npz").replace("rgb", "rgb"), channels=3)
+    assert grey.load(np.arange(2)).shape == (2, 3, 8, 8) and "channels" not in grey.spec()
+
+
+def test_training_checkpoints_with_args_and_numpy_metrics_load(tmp_path):
+    import argparse
+
+    src = _net(1)
+    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=0.1, arch="vgg"), "epoch": 3,
+                "best_acc": np.float64(0.91), "classes": np.array([0, 1, 2])}, tmp_path / "ref.pth")
+    dst = _net(2)
+    assert load_checkpoint(dst, tmp_path / "ref.pth") == CheckpointFormat("model", ())
+    assert _same(src, dst)
+
+
+def test_densenet_pretrained_files_keep_torchvisions_old_key_names(tmp_path, monkeypatch):
+    import re
+
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = pretrained_weights("densenet121", "DEFAULT")
+    torch.manual_seed(0)
+    placed = torchvision.models.densenet121(num_classes=1000)
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
+           for k, v in placed.state_dict().items()  # the published file's layout: norm.1, conv.2, ...
+           if not k.endswith("num_batches_tracked")}  # saved before batch-norm counted its batches
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(old, cache / Path(weights.url).name)
+    from repint.nets import load_network
+
+    net, loading = load_network({"architecture": "densenet121", "num_classes": 1000, "image_size": 64,
+                                 "mean": [0.5] * 3, "weights": "DEFAULT"})
+    assert _same(net, placed) and loading["weights_file"] == Path(weights.url).name
+
+
+def test_repint_layers_infers_a_user_models_input_channels(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arch = _grey_model_module(tmp_path)
+    from repint.cli import main
+
+    assert main(["layers", "--model", arch, "--image-size", "32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recommended"] == "relu_1"
+    assert {r["name"]: r for r in report["layers"]}["conv1"]["shape"] == [8, 32, 32]

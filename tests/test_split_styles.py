@@ -245,3 +245,99 @@ def test_the_fast_separation_test_agrees_with_the_split(acts, merge, seed):
             else:
                 with pytest.raises(CutError):
                     split_model(net, r.name)
+
+
+# ------------------------------------------------------- shapes, products, log-softmax, batch statistics
+class ShapeNet(nn.Module):
+    """The batch size taken at the top of forward, a hand-written global average pool, a final log-softmax."""
+
+    def __init__(self, head: str = "plain") -> None:
+        super().__init__()
+        self.head = head
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)
+        h = F.relu(self.c2(F.relu(self.c1(x))))
+        if self.head == "square":
+            h = h * h
+        elif self.head == "reciprocal":
+            h = 2 / (h + 1)
+        pooled = h.sum((2, 3)) / (h.size(2) * h.shape[3])
+        return F.log_softmax(self.fc2(F.relu(self.fc1(pooled.view(n, -1)))), dim=1)
+
+
+def test_shapes_are_constants_and_a_final_log_softmax_keeps_the_boundaries():
+    torch.manual_seed(0)
+    net, x = ShapeNet().eval(), _images()
+    sm = split_model(net, "c2", example=x)  # x.size(0) was taken before the cut: the head reads it off ψ
+    assert sm.max_error <= 1e-5 and not sm.affine
+    with torch.no_grad():
+        torch.testing.assert_close(sm.head(sm.psi(x[:1])), net(x[:1]))  # another batch size
+    reports = {r.name: r for r in analyse_layers(net, _images(8))}
+    assert reports["relu_1"].piecewise_linear and not reports["relu_1"].affine  # the log-softmax is no obstacle
+    assert reports["log_softmax"].affine and reports["truediv"].piecewise_linear  # sum / (H * W): linear
+
+
+@pytest.mark.parametrize("head, op", [("square", "mul"), ("reciprocal", "truediv")])
+def test_products_and_reciprocals_of_psi_are_refused(head, op):
+    with pytest.raises(NonPiecewiseLinearError, match=rf"function '{op}'"):
+        split_model(ShapeNet(head).eval(), "c1")
+
+
+def test_batch_norm_without_running_statistics_is_not_linear():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),
+                        nn.Linear(144, 2)).eval()
+    with pytest.raises(NonPiecewiseLinearError, match=r"module '1' \(BatchNorm2d\)"):
+        split_model(net, "0")
+
+
+def test_the_analysis_sees_psi_before_a_later_in_place_op():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)).eval()
+    x = _images()
+    reports = {r.name: r for r in analyse_layers(net, x)}
+    sm = split_model(net, "0", example=x)
+    with torch.no_grad():
+        psi = sm.psi(x)
+    from repint.layers import _boundaries
+
+    W, b = _boundaries(sm.head, psi)  # at the true ψ (negative values intact)
+    assert (psi < 0).any() and reports["0"].distinct_boundaries == distinct_boundaries(W, b)
+
+
+def test_a_model_returning_a_tuple_is_one_clear_error():
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.c(x).flatten(1)
+            return h, h
+
+    with pytest.raises(ValueError, match="Two returns a tuple, not a tensor of logits"):
+        analyse_layers(Two(), _images())
+
+
+def test_dropout_after_a_pool_counts_as_pooled():
+    # pytorch/examples' MNIST net: conv-relu-conv-relu-max_pool-dropout-flatten-fc-relu-dropout-fc-log_softmax
+    class Mnist(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, 1), nn.Conv2d(4, 8, 3, 1)
+            self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+            self.fc1, self.fc2 = nn.Linear(8 * 5 * 5, 16), nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.conv2(F.relu(self.conv1(x))))
+            x = torch.flatten(self.dropout1(F.max_pool2d(x, 2)), 1)
+            return F.log_softmax(self.fc2(self.dropout2(F.relu(self.fc1(x)))), dim=1)
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 14, 14, generator=torch.Generator().manual_seed(0))
+    reports = {r.name: r for r in analyse_layers(Mnist().eval(), x)}
+    assert reports["dropout1"].pool and reports["max_pool2d"].pool and not reports["relu_1"].pool
+    assert recommend(Mnist().eval(), x).name == "relu_1"
