@@ -111,9 +111,14 @@ def test_pretrained_weights_load_from_a_pre_placed_hub_cache(tmp_path, monkeypat
 
 
 def test_pretrained_weights_without_network_or_cache_say_how_to_pre_download(tmp_path, monkeypatch):
+    import urllib.request
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # a closed port: the download fails at once, offline
+    # urlopen caches its opener (and the proxies it read) for the process: give it back afterwards, or every
+    # later urlopen in this test session (the servers' health checks) would go through the closed port
+    monkeypatch.setattr(urllib.request, "_opener", None)
     from repint.nets import load_network
 
     with pytest.raises(ValueError) as err:
