@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     try:
         return int(args.fn(args))
+    except BrokenPipeError:  # `repint layers ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         # bad input (config, data, model, checkpoint): one clear line, no traceback (docs/bad-inputs.md)
         print(f"repint {args.command}: error: {exc}", file=sys.stderr)
