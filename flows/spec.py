@@ -115,6 +115,11 @@ def model_section(cfg: Config, checkpoint: str | None = None) -> tuple[dict[str,
         from repint.checkpoints import pretrained_weights
 
         weights = pretrained_weights(cfg.model.architecture, cfg.model.weights)
+        preset = weights.transforms()  # the statistics the weights were trained with, unless the config sets them
+        if "mean" not in cfg.data.model_fields_set:
+            mean = [float(v) for v in preset.mean]
+        if "std" not in cfg.data.model_fields_set:
+            std = [float(v) for v in preset.std]
     n_classes = cfg.model.num_classes or (len(weights.meta["categories"]) if weights else len(ref.class_names))
     if n_classes < 2:
         if len(ref.class_names) == 1:

@@ -18,8 +18,11 @@ __all__ = ["NESTED_KEYS", "PREFIXES", "CheckpointFormat", "load_checkpoint", "lo
 
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 """Keys of a training checkpoint under which the state dict is looked for."""
-PREFIXES = ("module.", "_orig_mod.", "model.")
-"""Key prefixes of wrappers: ``nn.DataParallel``/DDP, ``torch.compile``, a Lightning module's ``self.model``."""
+PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+"""Key prefixes of wrappers: ``nn.DataParallel``/DDP (and ``AveragedModel``'s EMA/SWA copies), ``torch.compile``,
+a Lightning module's ``self.model`` or ``self.net``."""
+WRAPPER_KEYS = ("n_averaged",)
+"""Keys a wrapper adds beside the network's own: ``torch.optim.swa_utils.AveragedModel``'s counter."""
 
 
 @dataclass(frozen=True)
@@ -28,20 +31,25 @@ class CheckpointFormat:
 
     nested: str | None = None
     stripped: tuple[str, ...] = field(default_factory=tuple)
+    dropped: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def plain(self) -> bool:
-        return self.nested is None and not self.stripped
+        return self.nested is None and not self.stripped and not self.dropped
 
     def describe(self) -> str:
         parts = [f"the state dict under {self.nested!r}" if self.nested else "the state dict"]
         if self.stripped:
             parts.append(f"with the key prefix{'es' if len(self.stripped) > 1 else ''} "
                          f"{' + '.join(repr(p) for p in self.stripped)} removed")
+        if self.dropped:
+            parts.append(f"{'and' if self.stripped else 'with'} the wrapper's {', '.join(map(repr, self.dropped))} "
+                         "left out")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"nested": self.nested, "stripped": list(self.stripped), "description": self.describe()}
+        return {"nested": self.nested, "stripped": list(self.stripped), "dropped": list(self.dropped),
+                "description": self.describe()}
 
 
 def _is_state(obj: Any) -> bool:
@@ -51,6 +59,7 @@ def _is_state(obj: Any) -> bool:
 
 def _variants(state: dict[str, torch.Tensor], depth: int = 3) -> list[tuple[tuple[str, ...], dict[str, torch.Tensor]]]:
     """``state`` and every state reached by removing a prefix that *every* key carries (up to ``depth``)."""
+    state = {k: v for k, v in state.items() if k not in WRAPPER_KEYS}
     out, frontier = [((), state)], [((), state)]
     for _ in range(depth):
         nxt = []
@@ -99,6 +108,12 @@ def _candidates(obj: Any) -> list[tuple[str | None, dict[str, torch.Tensor]]]:
     return found
 
 
+def _matches(keys: set[str], expected: set[str]) -> bool:
+    """Every key matches; batch-norm's ``num_batches_tracked`` may be missing (files saved before PyTorch 0.4.1
+    or rebuilt as plain dicts; ``load_state_dict`` fills it in)."""
+    return keys <= expected and all(k.endswith("num_batches_tracked") for k in expected - keys)
+
+
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
@@ -122,12 +137,13 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> CheckpointFormat:
                          + (f" (looked for one under {', '.join(map(repr, NESTED_KEYS))} too)."
                             if isinstance(obj, dict) else "."))
     expected = set(net.state_dict())
-    tried = [(CheckpointFormat(nested, stripped), s) for nested, state in candidates
-             for stripped, s in _variants(state)]
-    matches = [(fmt, s) for fmt, s in tried if set(s) == expected]
+    tried = [(CheckpointFormat(nested, stripped, tuple(k for k in WRAPPER_KEYS if k in state)), s)
+             for nested, state in candidates for stripped, s in _variants(state)]
+    matches = [(fmt, s) for fmt, s in tried if _matches(set(s), expected)]
     if not matches:
         fmt, best = min(tried, key=lambda t: len(set(t[1]) ^ expected))
-        missing, unexpected = sorted(expected - set(best)), sorted(set(best) - expected)
+        missing = sorted(k for k in expected - set(best) if not k.endswith("num_batches_tracked"))
+        unexpected = sorted(set(best) - expected)
         others = "; ".join(f.describe() for f, _ in tried if f != fmt)
         raise ValueError(f"Checkpoint {path} does not match the architecture: missing keys {missing[:8]}"
                          f"{' (and more)' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
@@ -184,8 +200,12 @@ def load_pretrained(net: nn.Module, weights: Any) -> Path:
     download where there is network), ``weights_only=True``. Without network and without the cached
     file, a ``ValueError`` says how to pre-download it. Returns the cached file."""
     path = cached_weights_file(weights)
+    import contextlib
+    import io
+
     try:
-        state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
+        with contextlib.redirect_stderr(io.StringIO()):  # torch hub's "Downloading: ..." (the error says it all)
+            state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
     except Exception as exc:
         if path.is_file():  # there, but not a plain state dict, or damaged: the checkpoint's refusals
             _read(path)  # a pickle carrying code: the checkpoint's refusal, before anything else

@@ -32,7 +32,8 @@ class DataConfig(_Strict):
         None, description="image channels the model takes: 1 (grey, MNIST-style) or 3 (RGB); default: the input "
         "channels of the model's first convolution")
     mean: tuple[float, ...] = Field((0.5, 0.5, 0.5), min_length=1, max_length=3,
-                                    description="normalisation mean per channel (one value: every channel)")
+                                    description="normalisation mean per channel (one value: every channel); with "
+                                    "model.weights, default: the weights' own (ImageNet's)")
     std: tuple[float, ...] = Field((0.25, 0.25, 0.25), min_length=1, max_length=3)
 
     @field_validator("mean", "std")

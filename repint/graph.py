@@ -155,14 +155,19 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module], depends: set[fx.Node])
     return OpKind.LINEAR if linear else OpKind.OTHER
 
 
-def final_log_softmax(node: fx.Node) -> bool:
+def final_log_softmax(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """``log_softmax`` over the classes as the network's last op: it shifts every logit by the same amount, so
-    differences of logits (ΔG, Eq. 2), the predicted class and the softmax scores are those of its input."""
-    if not (node.op == "call_function" and node.target in _LOG_SOFTMAX
-            or node.op == "call_method" and node.target == "log_softmax"):
+    differences of logits (ΔG, Eq. 2), the predicted class and the softmax scores are those of its input.
+    ``F.log_softmax(x)`` without ``dim`` takes dim 1 of 2-D logits (PyTorch's legacy rule)."""
+    if node.op == "call_module":
+        mod = modules[str(node.target)]
+        dim = mod.dim if isinstance(mod, nn.LogSoftmax) else "no"
+    elif (node.op == "call_function" and node.target in _LOG_SOFTMAX
+          or node.op == "call_method" and node.target == "log_softmax"):
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    else:
         return False
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    return dim in (1, -1) and all(u.op == "output" for u in node.users)
+    return dim in (1, -1, None) and bool(node.users) and all(u.op == "output" for u in node.users)
 
 
 def is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -253,9 +258,15 @@ def trace(model: nn.Module) -> TracedNet:
     """Trace ``model`` (in eval mode) with torch.fx, recording every module's output."""
     tracer = _OutputTracer()
     graph = tracer.trace(model)
+    outputs = {k: v[-1] for k, v in tracer.outputs.items()}
+    modules = {name for name, _ in model.named_modules() if name}
+    for n in list(graph.nodes):
+        # a graph node is named like a module (a top-level F.relu beside a module `relu`, an earlier call of a
+        # module called twice) but is not that module's output: rename it, so each name means one tensor
+        if n.name in modules and outputs.get(n.name) is not n:
+            n._rename(f"{n.name}_{'call' if n.op == 'call_module' else 'op'}")
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return TracedNet(gm=gm, module_outputs={k: v[-1] for k, v in tracer.outputs.items()},
-                     calls={k: len(v) for k, v in tracer.outputs.items()})
+    return TracedNet(gm=gm, module_outputs=outputs, calls={k: len(v) for k, v in tracer.outputs.items()})
 
 
 def describe(net: TracedNet, node: fx.Node) -> str:
@@ -322,7 +333,7 @@ def cut(net: TracedNet, target: fx.Node, layer: str) -> Cut:
             break
         henv[n] = head_graph.node_copy(n, arg)
         if n not in shapes and any(a in depends for a in n.all_input_nodes):
-            kinds.append((n, OpKind.LINEAR if final_log_softmax(n) else op_kind(n, net.modules, depends)))
+            kinds.append((n, OpKind.LINEAR if final_log_softmax(n, net.modules) else op_kind(n, net.modules, depends)))
             depends.add(n)
     head_graph.output(fx.map_arg(net.output_node().args[0], arg))
     return Cut(psi=fx.GraphModule(net.gm, psi_graph), head=fx.GraphModule(net.gm, head_graph), kinds=kinds)

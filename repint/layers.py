@@ -34,7 +34,7 @@ from repint.graph import (
     is_pool,
     shape_valued,
 )
-from repint.model import Classifier, traced
+from repint.model import Classifier, run_on, traced
 
 __all__ = ["LayerChoiceError", "LayerReport", "analyse_layers", "distinct_boundaries", "recommend"]
 
@@ -76,6 +76,17 @@ class LayerReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shape": list(self.shape) if self.shape else None}
+
+
+class _Runner(nn.Module):
+    """An interpreter run as a module call (so :func:`repint.model.run_on` reports bad image sizes)."""
+
+    def __init__(self, run: fx.Interpreter) -> None:
+        super().__init__()
+        self.run = run
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.run.run(x)
 
 
 class _KeepAll(fx.Interpreter):
@@ -153,7 +164,7 @@ def analyse_layers(model: nn.Module, images: np.ndarray | torch.Tensor, *, bound
     net = traced(inner)
     run = _KeepAll(net.gm)
     with torch.no_grad():
-        run.run(x)
+        run_on(_Runner(run), x, type(inner).__name__)
     bypass, shapes = _bypassing(net), shape_valued(net.gm.graph)
     out = net.output_node().args[0]
     logits = run.values.get(out) if isinstance(out, fx.Node) else out

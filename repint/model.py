@@ -201,13 +201,25 @@ def split_model(model: nn.Module, layer: str, *, example: torch.Tensor | None = 
     return sm
 
 
+def run_on(model: nn.Module, x: torch.Tensor, name: str | None = None) -> object:
+    """``model(x)``; a model that cannot take images of ``x``'s shape is a one-line error naming the settings."""
+    try:
+        return model(x)
+    except RuntimeError as exc:
+        name = name or type(model.net if isinstance(model, Classifier) else model).__name__
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ValueError(f"{name} does not run on {x.shape[1]}x{x.shape[2]}x{x.shape[3]} images ({first}): set "
+                         "data.image_size (repint layers: --image-size) and data.channels (--channels) to what the "
+                         "model takes.") from None
+
+
 def check_split(sm: SplitModel, example: torch.Tensor, tol: float = 1e-5) -> float:
     """The largest ``|G(ψ(x)) - F(x)|`` on ``example`` (relative to the logits' scale when above 1);
     :class:`SplitMismatchError` when it exceeds ``tol``."""
     dev = next(iter(sm.model.parameters()), torch.empty(0)).device
     x = example.to(dev, torch.float32)
     with torch.no_grad():
-        full = sm.model(x)
+        full = run_on(sm.model, x)
         if not isinstance(full, torch.Tensor):
             raise ValueError(f"{type(sm.model).__name__} returns a {type(full).__name__}, not a tensor of logits: "
                              "wrap it in a `module:function` hook whose forward returns the logits.")

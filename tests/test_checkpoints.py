@@ -45,6 +45,22 @@ def test_checkpoint_formats_people_save(tmp_path, nested, prefixes):
     assert fmt.plain == (nested is None and not prefixes)
 
 
+def test_averaged_models_old_batch_norm_files_and_lightning_net_prefixes(tmp_path):
+    src = _net(1)
+    ema = {"module." + k: v for k, v in src.state_dict().items()} | {"n_averaged": torch.tensor(7)}
+    torch.save({"model_ema": 1, "state_dict": ema}, tmp_path / "ema.pt")  # torch.optim.swa_utils.AveragedModel
+    dst = _net(2)
+    fmt = load_checkpoint(dst, tmp_path / "ema.pt")
+    assert fmt == CheckpointFormat("state_dict", ("module.",), ("n_averaged",)) and _same(src, dst)
+    assert fmt.describe() == ("the state dict under 'state_dict' with the key prefix 'module.' removed and the "
+                              "wrapper's 'n_averaged' left out")
+    old = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}  # before 0.4.1
+    torch.save({"net." + k: v for k, v in old.items()}, tmp_path / "old.pt")  # a Lightning module's self.net
+    dst = _net(3)
+    assert load_checkpoint(dst, tmp_path / "old.pt") == CheckpointFormat(None, ("net.",))
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in old.items())
+
+
 def test_a_prefix_is_stripped_only_when_it_makes_every_key_match(tmp_path):
     class Wrapper(nn.Module):  # the architecture's own keys start with "model."
         def __init__(self) -> None:
@@ -108,6 +124,9 @@ def test_pretrained_weights_load_from_a_pre_placed_hub_cache(tmp_path, monkeypat
     spec = build_spec(cfg, tmp_path / "out")
     assert spec.model["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and spec.model["num_classes"] == 1000
     assert spec.model["checkpoint"] is None and len(spec.model["checkpoint_sha256"]) == 16
+    assert spec.model["mean"] == pytest.approx([0.485, 0.456, 0.406])  # the weights' statistics by default
+    cfg.data.mean = (0.5,)
+    assert build_spec(cfg, tmp_path / "out").model["mean"] == [0.5] * 3  # unless the config sets them
 
 
 def test_pretrained_weights_without_network_or_cache_say_how_to_pre_download(tmp_path, monkeypatch):

@@ -341,3 +341,52 @@ def test_dropout_after_a_pool_counts_as_pooled():
     reports = {r.name: r for r in analyse_layers(Mnist().eval(), x)}
     assert reports["dropout1"].pool and reports["max_pool2d"].pool and not reports["relu_1"].pool
     assert recommend(Mnist().eval(), x).name == "relu_1"
+
+
+class Collide(nn.Module):
+    """A top-level F.relu beside a module called `relu`, a module called twice, a final nn.LogSoftmax."""
+
+    def __init__(self, final: str = "module") -> None:
+        super().__init__()
+        self.final = final
+        self.conv, self.shared = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc1, self.relu, self.fc2 = nn.Linear(4 * 16, 8), nn.ReLU(), nn.Linear(8, 3)
+        self.log_softmax = nn.LogSoftmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(self.shared(F.relu(self.shared(F.relu(self.conv(x))))), 2)
+        logits = self.fc2(self.relu(self.fc1(h.flatten(1))))
+        return self.log_softmax(logits) if self.final == "module" else F.log_softmax(logits)
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
+@pytest.mark.parametrize("final", ["module", "F.log_softmax without dim"])
+def test_every_listed_name_cuts_at_the_tensor_that_was_analysed(final):
+    from repint.layers import _KeepAll
+
+    torch.manual_seed(0)
+    net, x = Collide(final).eval(), _images(4)
+    reports = analyse_layers(net, x)
+    names = [r.name for r in reports]
+    assert len(names) == len(set(names))  # one name, one tensor
+    assert "relu_op" in names and "shared_call" in names  # renamed: `relu` and `shared` are modules' outputs
+    from repint.model import traced
+
+    run = _KeepAll(traced(net).gm)
+    with torch.no_grad():
+        run.run(x)
+    values = {n.name: v for n, v in run.values.items()}
+    for r in reports:
+        assert r.separates and r.piecewise_linear, (r.name, r.reason)  # the log-softmax is no obstacle
+        sm = split_model(net, r.name, example=x, warn_affine=False)
+        with torch.no_grad():
+            torch.testing.assert_close(sm.psi(x), values[r.node], rtol=0, atol=0)
+
+
+def test_images_the_model_cannot_take_are_one_line():
+    from repint.layers import analyse_layers as analyse
+
+    with pytest.raises(ValueError, match=r"Collide does not run on 3x12x12 images \(.*\): set data.image_size"):
+        analyse(Collide().eval(), torch.rand(2, 3, 12, 12))
+    with pytest.raises(ValueError, match=r"does not run on 1x8x8 images"):
+        split_model(Collide().eval(), "conv", example=torch.rand(2, 1, 8, 8))
