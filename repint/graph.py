@@ -212,7 +212,6 @@ class TracedNet:
 
     gm: fx.GraphModule
     module_outputs: dict[str, fx.Node]
-    calls: dict[str, int]
     modules: dict[str, nn.Module] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -266,7 +265,7 @@ def trace(model: nn.Module) -> TracedNet:
         if n.name in modules and outputs.get(n.name) is not n:
             n._rename(f"{n.name}_{'call' if n.op == 'call_module' else 'op'}")
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return TracedNet(gm=gm, module_outputs=outputs, calls={k: len(v) for k, v in tracer.outputs.items()})
+    return TracedNet(gm=gm, module_outputs=outputs)
 
 
 def describe(net: TracedNet, node: fx.Node) -> str:
