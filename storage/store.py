@@ -1,73 +1,42 @@
-"""The Zarr (v3) feature store: layout, create/open, chunk writes with completion records, stages.
+"""The Zarr (v3) feature store: create/open, stages with completion records, chunk writes and reads.
 
-Layout (see ``docs/store-layout.md``)::
+The layout (every stage, its arrays, shapes and units) is declared once in
+:mod:`repint.storage.layout` and described for readers in ``docs/store-layout.md``; the root's
+attributes hold ``layout_version``, ``store_id``, ``code_version``, ``model``, ``data``, ``params``,
+``stages{name: {fingerprint, complete, epoch}}`` and ``skipped``, and ``_done/<stage>`` the
+``[n_units]`` completion records, each written *after* its unit's data.
 
-    store.zarr/                       attrs: layout_version, store_id, code_version, model, data,
-                                             params, stages{name: {fingerprint, complete}}, skipped
-      {reference,unseen}/features     [N, K, h, w] float32   ψ(x), chunked along images
-      {reference,unseen}/logits       [N, C]       float32
-      {reference,unseen}/predictions  [N]          int64     argmax of logits
-      {reference,unseen}/labels       [N]          int64     -1 when unknown (never used to interpret)
-      {reference,unseen}/ids          [N]          str
-      centres/vectors                 [V, D]       float32   k-means centres on flattened ψ
-      centres/labels                  [N]          int64     cluster of each reference image
-      centres/input_index             [V]          int64     reference image nearest each centre
-      boundaries/W                    [M, D]       float32
-      boundaries/b, source, owner, top2                       (owner -1 = shared by every input)
-      signs/{reference,unseen}        [N, ceil(M/8)] uint8   packed sign bits, little bit order
-      polytopes/...                   per centre: boundary ids, orientation, covered, tau, ...
-      interpretations/<method>/c<v>/* per centre: e.g. channel_weights
-      evaluation/<method>/*           per unseen image: centre, covered, y, y_masked
-      _done/<stage>                   [n_units] bool  written *after* each unit's data
-
-A stage (``ingest``, ``boundaries``, ...) is trusted only once ``stages[name].complete`` is true
-for the current fingerprint of its inputs; a run that dies leaves it incomplete, and the next run
-redoes only the units whose completion record is missing.
+A stage (``ingest-reference``, ``boundaries``, ...) is trusted only once ``stages[name].complete``
+is true for the current fingerprint of its inputs; a run that dies leaves it incomplete, and the
+next run redoes only the units whose completion record is missing (:meth:`FeatureStore.prepare`).
 
 The store can live on object storage (``s3://bucket/path.zarr``, any fsspec URL; see
 ``docs/object-storage.md``). Credentials in ``storage_options`` are kept as pydantic ``SecretStr``
-(:func:`protect_secrets`), shown as ``**********`` wherever they are printed or serialised, and
-revealed (:func:`reveal_secrets`) only in the call that hands them to fsspec. A store that cannot be
-reached (no such bucket, refused or missing credentials, an endpoint that does not answer) is a
-:class:`StoreAccessError` when it is opened, saying what is wrong and what to do.
+(:func:`repint.storage.protect_secrets`) and revealed only in the call that hands them to fsspec. A
+store that cannot be reached is a :class:`StoreAccessError` when it is opened, saying what is
+wrong and what to do (:mod:`repint.storage.access`). Every store operation is retried on transient
+errors (:mod:`repint.storage.errors`); the write lock is :mod:`repint.storage.lock`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
-import logging
-import os
-import random
-import re
-import socket
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 
-from repint.storage.secrets import (
-    SECRET_MASK,
-    _is_secret,
-    is_secret_key,
-    mask_secrets,
-    protect_secrets,
-    redact_url,
-    reveal_secrets,
-    split_url_credentials,
-)
+from repint.storage.access import _access_error, _scrub
+from repint.storage.errors import RetryPolicy, StoreAccessError, StoreError, retrying
+from repint.storage.layout import Stage, stage_of
+from repint.storage.lock import StoreLock
+from repint.storage.secrets import protect_secrets, redact_url, reveal_secrets, split_url_credentials
 
-__all__ = ["LAYOUT_VERSION", "SECRET_MASK", "FeatureStore", "RetryPolicy", "StoreAccessError", "StoreError",
-           "StoreLock", "StoreLockedError", "fingerprint_params", "is_secret_key", "is_transient", "mask_secrets",
-           "protect_secrets", "redact_url", "retrying", "reveal_secrets", "split_url_credentials", "stage_of"]
+__all__ = ["FAST_COMPRESSORS", "LAYOUT_VERSION", "FeatureStore", "fingerprint_params"]
 
 LAYOUT_VERSION = 1
 
@@ -75,208 +44,13 @@ LAYOUT_VERSION = 1
 # features as well as Zarr's default, level 3 (2.35x vs 2.33x on cats vs dogs' 64x16x16 ψ), writes
 # 3.4x and reads 2x faster (docs/scaling.md). The values are the same; only the codec differs.
 FAST_COMPRESSORS = (zarr.codecs.ZstdCodec(level=1),)
-log = logging.getLogger("repint.storage")
 T = TypeVar("T")
 
-
-class StoreError(RuntimeError):
-    """The store is missing, incomplete for what is asked, or from an incompatible layout."""
-
-
-class StoreAccessError(StoreError, ValueError):
-    """The store's location cannot be used: no such bucket, credentials missing or refused, an
-    endpoint that does not answer. A ``ValueError`` too, so the CLI reports it as a one-line error."""
-
-
-class StoreLockedError(StoreError, ValueError):
-    """Another live run holds the store's write lock. A ``ValueError`` too: one line from the CLI."""
-
-
-# transient storage errors ---------------------------------------------------------------------------
-# What s3fs / botocore already do (s3fs 2026.9, botocore 1.43): botocore retries 500/502/503/504,
-# throttling and connection errors up to 5 attempts with exponential backoff; s3fs retries timeouts,
-# dropped connections and "SlowDown" 5 more times. What still reaches the store after that (a longer
-# outage, or a client configured with fewer attempts) is retried here, around each whole store
-# operation (a chunk write, a read, an attrs update): every one of them is idempotent.
-_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED,
-                     errno.ETIMEDOUT, errno.EPIPE, getattr(errno, "EREMOTEIO", 121)}
-_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                    "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ClientPayloadError",
-                    "ResponseParserError", "HTTPClientError", "IncompleteRead", "FSTimeoutError"}
-_TRANSIENT_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is worth retrying: a dropped or refused connection, a
-    timeout, an HTTP 5xx / SlowDown from object storage. Never a missing key, refused access, an
-    existing object or a value error."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, FileNotFoundError | PermissionError | FileExistsError | IsADirectoryError
-                      | NotADirectoryError):
-            return False
-        if isinstance(e, ConnectionError | TimeoutError) or type(e).__name__ in _TRANSIENT_NAMES:
-            return True
-        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
-            return True
-        response = getattr(e, "response", None)
-        if isinstance(response, dict):
-            code = str(response.get("Error", {}).get("Code", ""))
-            status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code in _TRANSIENT_CODES or status in _TRANSIENT_CODES:
-                return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-class RetryPolicy:
-    """How often and how patiently a store operation is retried on a transient error: ``attempts``
-    in all, waiting ``base * 2**i`` seconds (at most ``cap``, +-25% jitter) before retry ``i + 1``.
-    ``REPINT_STORE_ATTEMPTS`` and ``REPINT_STORE_BACKOFF`` (the base, seconds) override the defaults."""
-
-    def __init__(self, attempts: int | None = None, base: float | None = None, cap: float = 8.0) -> None:
-        self.attempts = max(1, int(attempts if attempts is not None else os.environ.get("REPINT_STORE_ATTEMPTS", 5)))
-        self.base = float(base if base is not None else os.environ.get("REPINT_STORE_BACKOFF", 0.25))
-        self.cap = cap
-
-    def delay(self, i: int) -> float:
-        return min(self.cap, self.base * 2 ** i) * random.uniform(0.75, 1.25)
-
-
-def retrying(what: str | Callable[[], str], fn: Callable[[], T], policy: RetryPolicy | None = None) -> T:
-    """``fn()``, retried with exponential backoff while it fails with a transient error
-    (:func:`is_transient`); each retry is logged (``repint.storage``) with ``what`` was being done."""
-    policy = policy or RetryPolicy()
-    for i in range(policy.attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if i == policy.attempts - 1 or not is_transient(exc):
-                raise
-            wait = policy.delay(i)
-            log.warning(f"transient storage error while {what() if callable(what) else what} "
-                        f"({type(exc).__name__}: {exc}); retry {i + 1}/{policy.attempts - 1} in {wait:.2f} s")
-            time.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def stage_of(path: str) -> str | None:
-    """The stage whose completion vouches for the array at ``path`` (``signs/reference`` ->
-    ``signs-reference``), or None for arrays no stage owns (``evaluation/assignment``, ``_done``)."""
-    parts = path.strip("/").split("/")
-    head = parts[0]
-    if head in ("reference", "unseen") and len(parts) > 1:
-        return f"ingest-{head}"
-    if head in ("centres", "boundaries", "polytopes"):
-        return head
-    if head == "signs" and len(parts) > 1:
-        return f"signs-{parts[1]}"
-    if head == "interpretations" and len(parts) > 1:
-        return f"interpret-{parts[1]}"
-    if head == "evaluation" and len(parts) > 1 and parts[1] != "assignment":
-        return f"evaluate-{parts[1]}"
-    return None
-
-
-# reaching the store ---------------------------------------------------------------------------------
-def _endpoint(options: Mapping[str, Any]) -> str:
-    ep = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url") \
-        or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return redact_url(str(reveal_secrets(ep))) if ep else "AWS S3"
-
-
-def _credential_source(options: Mapping[str, Any]) -> str:
-    client = options.get("client_kwargs") or {}
-    if options.get("anon"):
-        return "anonymous access (anon: true)"
-    if options.get("key") or options.get("secret") or client.get("aws_access_key_id"):
-        return "the credentials in storage_options"
-    if options.get("profile"):
-        return f"the AWS profile {options['profile']!r}"
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        return "the credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-    return "the credentials botocore found (AWS_PROFILE, ~/.aws, instance role)"
-
-
-def _error_code(exc: BaseException) -> str:
-    for e in (exc, exc.__cause__, exc.__context__):
-        response = getattr(e, "response", None)
-        if isinstance(response, dict):
-            err = response.get("Error", {})
-            code = err.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code:
-                return f"{code}: {err.get('Message', '')}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _bucket_missing(url: str, options: Mapping[str, Any]) -> bool:
-    """Whether the URL's S3 bucket does not exist (HEAD bucket answers 404). False when it exists or
-    when that cannot be told (no permission to list it, another protocol)."""
-    if not re.match(r"(?i)^s3a?://", url):
-        return False
-    try:
-        import fsspec
-
-        fs = fsspec.filesystem("s3", **options)
-        fs.call_s3("head_bucket", Bucket=url.split("://", 1)[1].split("/", 1)[0])
-    except FileNotFoundError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-def _access_error(url: str, shown: str, options: Mapping[str, Any], exc: BaseException) -> StoreAccessError | None:
-    """A clear :class:`StoreAccessError` for why a remote store cannot be opened, or None when
-    ``exc`` is not about reaching it."""
-    s3 = bool(re.match(r"(?i)^s3a?://", url))
-    name = type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and _bucket_missing(url, options):
-        bucket = url.split("://", 1)[1].split("/", 1)[0]
-        return StoreAccessError(
-            f"The bucket {bucket!r} of the store {shown} does not exist at {_endpoint(options)}. Create it first "
-            f"(`aws s3 mb s3://{bucket}`, MinIO: `mc mb ALIAS/{bucket}`) or fix `store:` in the config "
-            "(and `endpoint_url` for an S3-compatible server).")
-    if isinstance(exc, PermissionError):
-        where = f" at {_endpoint(options)}" if s3 else ""
-        return StoreAccessError(
-            f"Access to the store {shown}{where} was refused ({_error_code(exc)}) for {_credential_source(options)}. "
-            "Check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and AWS_SESSION_TOKEN for temporary "
-            "ones, in the environment; or storage_options key / secret / token) and that they may read and write "
-            "this bucket and prefix.")
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
-        return StoreAccessError(
-            f"No credentials for the store {shown}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment "
-            "(or AWS_PROFILE), or storage_options key / secret (e.g. `key: ${AWS_ACCESS_KEY_ID}`); a public bucket "
-            "needs `anon: true`.")
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError") \
-            or isinstance(exc, ConnectionError | TimeoutError):
-        return StoreAccessError(
-            f"Cannot reach the store {shown}" + (f" at {_endpoint(options)}" if s3 else "") + f" ({name}). Is the "
-            "server running, and is the endpoint right (storage_options endpoint_url, or AWS_ENDPOINT_URL)?")
-    return None
-
-
-def _scrub(message: str, options: Mapping[str, Any]) -> str:
-    """``message`` without any secret value of ``options`` and without URL user info."""
-    def secrets(value: Any) -> Iterable[str]:
-        if _is_secret(value):
-            real = value.get_secret_value()
-            if isinstance(real, str) and len(real) >= 6:  # shorter ones are no secret, only noise to replace
-                yield real
-        elif isinstance(value, Mapping):
-            for v in value.values():
-                yield from secrets(v)
-        elif isinstance(value, list | tuple):
-            for v in value:
-                yield from secrets(v)
-
-    for secret in sorted(secrets(protect_secrets(options)), key=len, reverse=True):
-        message = message.replace(secret, SECRET_MASK)
-    return redact_url(message)
+# The root's attributes are one document: two handles that update it at once from stale copies would
+# lose one update. Within a process (concurrent prepare tasks in threads), updates are serialised per
+# store and made to a fresh copy; across processes, only one (the flow's) writes the root.
+_ROOT_LOCKS: dict[str, threading.Lock] = {}
+_ROOT_LOCKS_GUARD = threading.Lock()
 
 
 def _show(selection: Any) -> str:
@@ -289,291 +63,6 @@ def _show(selection: Any) -> str:
 def fingerprint_params(*parts: Any) -> str:
     """A short stable hash of JSON-able parts."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# the write lock ------------------------------------------------------------------------------------
-LOCK_PATH = "_lock/zarr.json"  # a Zarr group of its own: readers and zarr's listings see a valid node
-
-
-def _now_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _machine_id() -> str:
-    """This kernel boot and PID namespace: a PID means the same process only where both are equal
-    (containers on one host can share a host name but not their PIDs)."""
-    parts = []
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            parts.append(f.read().strip())
-    except OSError:
-        parts.append("?")
-    try:
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    except OSError:
-        parts.append("?")
-    return ":".join(parts)
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of a process, from /proc; None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0], fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int, start: str | None) -> bool:
-    """Whether process ``pid`` (started at ``start`` ticks, when known) still runs on this machine.
-    A zombie, or another process that got the PID since, counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, under another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, started = stat
-    return state not in ("Z", "X") and not (start and started != start)
-
-
-class StoreLock:
-    """The write lock of one store: a lock object ``_lock/zarr.json`` inside the store that names its
-    holder (host, PID, start time, command) and carries a heartbeat the holder refreshes.
-
-    Created atomically: a local store links a complete file into place (``os.link`` fails when the
-    lock exists; ``O_EXCL`` where links are not supported); S3 writes it with a conditional PUT
-    (``If-None-Match: *``); other fsspec file systems write it and read it back. A lock is *stale*
-    when its holder is on this machine and its process is gone (or a zombie, or its PID was reused),
-    or when its heartbeat is older than ``stale_after`` seconds (any host; assumes clocks agree to
-    well under that). A stale lock is taken over with a warning (:attr:`took_over`); a live one is a
-    :class:`StoreLockedError` naming the store, the holder and what to do.
-
-    Only the process that runs the flows takes it; Dask workers write chunks without it."""
-
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *,
-                 stale_after: float | None = None, heartbeat: float | None = None) -> None:
-        url, options = split_url_credentials(str(url), storage_options)
-        self.shown = redact_url(url)
-        self.stale_after = float(stale_after if stale_after is not None
-                                 else os.environ.get("REPINT_LOCK_STALE_AFTER", 120))
-        self.heartbeat_every = float(heartbeat if heartbeat is not None
-                                     else min(15.0, self.stale_after / 4))
-        self.token = uuid.uuid4().hex
-        self.took_over: dict[str, Any] | None = None
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._record: dict[str, Any] = {}
-        self.local = "://" not in url or url.startswith("file://")
-        if self.local:
-            self.fs = None
-            self.path = os.path.join(url[len("file://"):] if url.startswith("file://") else url, *LOCK_PATH.split("/"))
-        else:
-            import fsspec
-
-            self.fs, root = fsspec.core.url_to_fs(url, **reveal_secrets(options))
-            self.path = root.rstrip("/") + "/" + LOCK_PATH
-        self.where = self.path if self.local else f"{self.shown.rstrip('/')}/{LOCK_PATH}"
-
-    # the lock object ------------------------------------------------------------------------------
-    def _encode(self, record: dict[str, Any]) -> bytes:
-        return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"repint_lock": record}},
-                          indent=1).encode()
-
-    def _create(self, data: bytes) -> bool:
-        """Write the lock object if none exists; False when one does."""
-        if self.local:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.{self.token}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, self.path)  # atomic, and only if nothing is there: the file is complete when seen
-                return True
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    return False
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                return True
-            finally:
-                os.unlink(tmp)
-        fs = self.fs
-        if "s3" in (fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)):
-            try:
-                retrying(f"creating the lock {self.where}", lambda: fs.pipe_file(self.path, data, mode="create"))
-                return True
-            except FileExistsError:  # ours, if a retried PUT had gone through the first time
-                return (self._read() or {}).get("token") == self.token
-        # no conditional write: write, let a concurrent writer's write land, read back
-        if fs.exists(self.path):
-            return False
-        fs.pipe_file(self.path, data)
-        time.sleep(0.5)
-        return (self._read() or {}).get("token") == self.token
-
-    def _read(self) -> dict[str, Any] | None:
-        """The holder's record; None when there is no lock, ``{}`` when it cannot be read."""
-        try:
-            if self.local:
-                with open(self.path, "rb") as f:
-                    raw = f.read()
-            else:
-                raw = retrying(f"reading the lock {self.where}", lambda: self.fs.cat_file(self.path))
-        except FileNotFoundError:
-            return None
-        try:
-            return dict(json.loads(raw)["attributes"]["repint_lock"])
-        except (ValueError, KeyError, TypeError):
-            return {}
-
-    def _age_of_object(self) -> float:
-        try:
-            if self.local:
-                return time.time() - os.stat(self.path).st_mtime
-            modified = self.fs.modified(self.path)
-            return time.time() - modified.timestamp()
-        except Exception:
-            return 0.0
-
-    def _write(self, data: bytes) -> None:
-        if self.local:
-            tmp = f"{self.path}.{self.token}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)  # atomic: a reader sees the old record or the new one
-        else:
-            retrying(f"refreshing the lock {self.where}", lambda: self.fs.pipe_file(self.path, data))
-
-    def _remove(self, token: str | None) -> None:
-        """Delete the lock if it still is ``token``'s (read just before: a narrow window, see docs)."""
-        current = self._read()
-        if current is None or (token is not None and current.get("token") != token):
-            return
-        try:
-            if self.local:
-                os.unlink(self.path)
-                with contextlib.suppress(OSError):  # the folder _lock, unless something else is in it
-                    os.rmdir(os.path.dirname(self.path))
-            else:
-                retrying(f"removing the lock {self.where}", lambda: self.fs.rm_file(self.path))
-        except FileNotFoundError:
-            pass
-
-    # holders ----------------------------------------------------------------------------------------
-    def holder(self) -> dict[str, Any] | None:
-        """The current holder's record (host, pid, started, heartbeat_ts, command), or None."""
-        return self._read()
-
-    def stale_reason(self, holder: dict[str, Any]) -> str | None:
-        """Why ``holder``'s lock is stale, or None while it is live."""
-        now = time.time()
-        if not holder:
-            age = self._age_of_object()
-            return f"the lock cannot be read and is {age:.0f} s old" if age > self.stale_after else None
-        if holder.get("host") == socket.gethostname() and holder.get("machine") == _machine_id() \
-                and not _pid_alive(int(holder.get("pid", -1)), holder.get("pid_start")):
-            return f"its process {holder.get('pid')} on this host ({holder.get('host')}) is gone"
-        beat = float(holder.get("heartbeat_ts", 0))
-        if now - beat > self.stale_after:
-            return f"its last heartbeat is {now - beat:.0f} s old (stale after {self.stale_after:.0f} s)"
-        return None
-
-    @staticmethod
-    def describe(holder: dict[str, Any]) -> str:
-        if not holder:
-            return "an unreadable lock"
-        beat = time.time() - float(holder.get("heartbeat_ts", 0))
-        return (f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')} "
-                f"(last heartbeat {beat:.0f} s ago; command: {holder.get('command', '?')})")
-
-    # acquire / release -----------------------------------------------------------------------------
-    def check(self) -> None:
-        """:class:`StoreLockedError` if a live run holds the lock now; takes nothing (a pre-flight)."""
-        holder = self._read()
-        if holder is not None and self.stale_reason(holder) is None:
-            raise self._locked(holder)
-
-    def _locked(self, holder: dict[str, Any]) -> StoreLockedError:
-        return StoreLockedError(
-            f"The store {self.shown} is being written by another run: {self.describe(holder)}. Two runs must "
-            "not write one store at once. Wait for that run to finish, or write to another store (`--out`, "
-            f"`store:`). If that run is dead, its lock is taken over automatically once its heartbeat is "
-            f"older than {self.stale_after:.0f} s (at once on its own host when its process is gone); to "
-            f"take it over now, delete {self.where}.")
-
-    def acquire(self) -> StoreLock:
-        """Take the lock (taking over a stale one); :class:`StoreLockedError` while a live run holds it."""
-        now = time.time()
-        self._record = {"token": self.token, "host": socket.gethostname(), "machine": _machine_id(),
-                        "pid": os.getpid(), "pid_start": (_proc_stat(os.getpid()) or (None, None))[1],
-                        "started": _now_iso(now), "started_ts": now, "heartbeat_ts": now,
-                        "command": " ".join(os.path.basename(a) if i == 0 else a
-                                            for i, a in enumerate(sys.argv))[:300]}
-        for _ in range(5):
-            if self._create(self._encode(self._record)):
-                self._start_heartbeat()
-                return self
-            holder = self._read()
-            if holder is None:  # released in between: try again
-                continue
-            reason = self.stale_reason(holder)
-            if reason is None:
-                raise self._locked(holder)
-            self.took_over = {**holder, "reason": reason}
-            log.warning(self.takeover_message)
-            self._remove(holder.get("token") if holder else None)
-        raise StoreLockedError(f"Could not take the lock {self.where} of the store {self.shown}: other runs keep "
-                               "taking it. Make sure only one run writes this store.")
-
-    @property
-    def takeover_message(self) -> str:
-        h = self.took_over or {}
-        return (f"Took over the stale lock of the store {self.shown} from {self.describe(h)}: {h.get('reason')}. "
-                "That run died; its completed chunks are kept and only the missing ones are redone.")
-
-    def _start_heartbeat(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name=f"repint-lock-{self.token[:6]}", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_every):
-            try:
-                current = self._read()
-                if (current or {}).get("token") != self.token:
-                    self.lost = (f"the lock of the store {self.shown} was taken over by "
-                                 f"{self.describe(current) if current else 'nobody (deleted)'}")
-                    log.error(f"{self.lost}: another run may be writing this store now")
-                    return
-                self._record["heartbeat_ts"] = time.time()
-                self._write(self._encode(self._record))
-            except Exception as exc:  # a missed beat is not fatal; staleness takes several
-                log.warning(f"could not refresh the lock {self.where}: {type(exc).__name__}: {exc}")
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        self._remove(self.token)
-
-    def __enter__(self) -> StoreLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 class FeatureStore:
@@ -593,6 +82,8 @@ class FeatureStore:
         remote = "://" in url and not url.startswith("file://")
         if remote:
             kwargs["storage_options"] = reveal_secrets(options)
+        with _ROOT_LOCKS_GUARD:
+            self._root_lock = _ROOT_LOCKS.setdefault(url, threading.Lock())
         try:
             self.root = zarr.open_group(url, zarr_format=3, **kwargs)
             if mode != "r" and "store_id" not in self.root.attrs:
@@ -621,7 +112,36 @@ class FeatureStore:
         return str(self.root.attrs["store_id"])
 
     def set_attrs(self, **values: Any) -> None:
-        self._retry("updating the store's attributes", lambda: self.root.attrs.update(values))
+        """Update the root's attributes."""
+        self._update_root("updating the store's attributes", lambda attrs: values)
+
+    def _update_root(self, what: str, change: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
+        """Update the root's attributes with ``change(current)``, the current ones read afresh, one
+        update of this store at a time in this process (see ``_ROOT_LOCKS``)."""
+        def update() -> None:
+            root = zarr.open_group(self.root.store, path=self.root.path, mode="r+", zarr_format=3)
+            root.attrs.update(dict(change(dict(root.attrs))))
+            self.root = root
+
+        with self._root_lock:
+            self._retry(what, update)
+
+    def update_attrs(self, path: str, **values: Any) -> None:
+        """Update the attributes of the group or array at ``path`` (the root's for ``""``)."""
+        if not path.strip("/"):
+            self.set_attrs(**values)
+        elif path not in self.root:
+            raise StoreError(f"Store {self.url} has no group or array {path!r}.")
+        else:
+            self._retry(f"updating the attributes of {path}", lambda: self.root[path].attrs.update(values))
+
+    def node_attrs(self, path: str, *, allow_incomplete: bool = False) -> dict[str, Any]:
+        """The attributes of the group or array at ``path`` (the root's for ``""``), guarded like
+        :meth:`read`."""
+        if not path.strip("/"):
+            return self.attrs
+        self._check_readable(path, allow_incomplete)
+        return self._retry(f"reading the attributes of {path}", lambda: dict(self.root[path].attrs))
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         return retrying(lambda: f"{what} of {self.url}", fn, self.retry)
@@ -652,11 +172,15 @@ class FeatureStore:
         info = self.root.attrs.get("stages", {}).get(stage)
         return bool(info and info.get("complete") and info.get("fingerprint") == fingerprint)
 
+    def _set_stage(self, what: str, stage: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> None:
+        """``stages[stage] = change(stages.get(stage))`` on the current stage records."""
+        self._update_root(what, lambda attrs: {"stages": {**attrs.get("stages", {}),
+                                                          stage: change(attrs.get("stages", {}).get(stage))}})
+
     def begin_stage(self, stage: str, fingerprint: str, n_units: int, arrays: Iterable[str] = ()) -> None:
         """Start (or resume) a stage. A different fingerprint resets the stage: its arrays and its
         completion records are deleted, so nothing from other inputs is trusted."""
-        stages = dict(self.root.attrs.get("stages", {}))
-        info = stages.get(stage)
+        info = self.root.attrs.get("stages", {}).get(stage)
         done_path = f"_done/{stage}"
         epoch = (info or {}).get("epoch")
         if info is None or info.get("fingerprint") != fingerprint or done_path not in self.root \
@@ -664,8 +188,7 @@ class FeatureStore:
             if info is not None and info.get("complete"):
                 # untrusted *before* anything is deleted: a crash in between leaves an incomplete stage,
                 # never a complete one without its arrays
-                stages[stage] = {**info, "complete": False}
-                self._retry(f"resetting stage {stage}", lambda: self.root.attrs.__setitem__("stages", dict(stages)))
+                self._set_stage(f"resetting stage {stage}", stage, lambda cur: {**(cur or info), "complete": False})
 
             def reset() -> None:
                 for path in [*arrays, done_path]:
@@ -676,8 +199,25 @@ class FeatureStore:
 
             self._retry(f"resetting stage {stage}", reset)
             epoch = uuid.uuid4().hex[:12]  # a reset stage invalidates every cached unit result
-        stages[stage] = {"fingerprint": fingerprint, "complete": False, "epoch": epoch}
-        self._retry(f"starting stage {stage}", lambda: self.root.attrs.__setitem__("stages", stages))
+        record = {"fingerprint": fingerprint, "complete": False, "epoch": epoch}
+        self._set_stage(f"starting stage {stage}", stage, lambda cur: record)
+
+    def prepare(self, stage: Stage, fingerprint: str, sizes: Mapping[str, int]) -> list[int]:
+        """Start or resume ``stage`` for inputs of ``fingerprint`` and return its pending units
+        (``[]`` when it is complete for them). Creates every array the layout declares for units to
+        fill (``per_unit``), its shape and chunks from ``sizes`` (``{"N": ..., "chunk": ...}``; chunk
+        lengths clipped to the array's), its dtype, fill value and codec (:data:`FAST_COMPRESSORS`
+        for the bulk features); a reset stage first loses its :attr:`Stage.reset_paths`."""
+        if self.stage_complete(stage.name, fingerprint):
+            return []
+        self.begin_stage(stage.name, fingerprint, stage.n_units(sizes), arrays=stage.reset_paths)
+        for path, spec in stage.arrays:
+            if spec.per_unit:
+                shape = stage.resolve(spec.shape, sizes)
+                chunks = stage.resolve(spec.chunks, sizes, within=shape) if spec.chunks is not None else None
+                self.require(path, shape, spec.dtype, chunks, fill_value=spec.fill_value,
+                             compressors=FAST_COMPRESSORS if spec.fast else "auto")
+        return self.pending_units(stage.name)
 
     def pending_units(self, stage: str) -> list[int]:
         done = self._retry(f"reading the completion records of {stage}", lambda: self.root[f"_done/{stage}"][:])
@@ -694,16 +234,14 @@ class FeatureStore:
         missing = self.pending_units(stage)
         if missing:
             raise StoreError(f"Stage {stage!r} still misses units {missing[:10]}; not marking it complete.")
-        stages = dict(self.root.attrs.get("stages", {}))
-        stages[stage]["complete"] = True
-        self._retry(f"completing stage {stage}", lambda: self.root.attrs.__setitem__("stages", stages))
+        self._set_stage(f"completing stage {stage}", stage, lambda cur: {**(cur or {}), "complete": True})
 
     def require_complete(self, stage: str) -> None:
         info = self.root.attrs.get("stages", {}).get(stage)
         if not (info and info.get("complete")):
             raise StoreError(f"Store {self.url}: stage {stage!r} is not complete; run it first.")
 
-    # arrays ---------------------------------------------------------------------------------
+    # writing arrays -------------------------------------------------------------------------
     def create(self, path: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None,
                fill_value: Any = None, compressors: Any = "auto") -> zarr.Array:
         """Create (replacing) an array. ``chunks`` defaults to the whole array, ``compressors`` to
@@ -741,15 +279,59 @@ class FeatureStore:
 
         self._retry(f"writing {path}[{_show(selection)}]", write)
 
+    # reading arrays -------------------------------------------------------------------------
     def read(self, path: str, selection: Any = slice(None), *, allow_incomplete: bool = False) -> np.ndarray:
         """``path[selection]``. A store opened read-only (``mode="r"``) refuses arrays of a stage that
         was started and is not complete (a run writing it now, or one that died), unless
         ``allow_incomplete``: what a reader sees is the last complete state only."""
+        self._check_readable(path, allow_incomplete)
+        return self._retry(f"reading {path}[{_show(selection)}]", lambda: np.asarray(self.root[path][selection]))
+
+    def read_rows(self, path: str, rows: np.ndarray, *, allow_incomplete: bool = False) -> np.ndarray:
+        """``path[rows]`` along the first axis, in the order of ``rows`` (any order, repeats allowed):
+        the distinct rows read in one orthogonal selection, then reordered. Guarded like :meth:`read`."""
+        self._check_readable(path, allow_incomplete)
+        if np.asarray(rows).dtype == bool:
+            raise TypeError(f"read_rows({path!r}): rows are indices, not a mask (np.flatnonzero(mask))")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not len(rows):
+            return self._retry(f"reading {path}[0:0]", lambda: np.asarray(self.root[path][0:0]))
+        unique, order = np.unique(rows, return_inverse=True)
+        got = self._retry(f"reading {len(unique)} rows of {path}",
+                          lambda: np.asarray(self.root[path].get_orthogonal_selection((unique,))))
+        return got[order.reshape(-1)]
+
+    def read_group(self, path: str, *, allow_incomplete: bool = False) -> dict[str, np.ndarray]:
+        """Every array directly under the group at ``path``, by name. Guarded like :meth:`read`."""
+        self._check_readable(path, allow_incomplete)
+
+        def load() -> dict[str, np.ndarray]:
+            group = self.root[path]
+            if not isinstance(group, zarr.Group):
+                raise StoreError(f"Store {self.url}: {path!r} is an array, not a group.")
+            return {name: np.asarray(arr[...]) for name, arr in sorted(group.arrays())}
+
+        return self._retry(f"reading the group {path}", load)
+
+    def all_zero(self, path: str, rows_per_read: int, *, allow_incomplete: bool = False) -> bool:
+        """Whether every value of the array at ``path`` is zero, read ``rows_per_read`` rows at a time
+        (stopping at the first block with a non-zero). Guarded like :meth:`read`."""
+        self._check_readable(path, allow_incomplete)
+        shape, step = self.shape(path), max(1, int(rows_per_read))
+        if not shape:  # a scalar
+            return not np.any(self._retry(f"reading {path}", lambda: np.asarray(self.root[path][()])))
+        for lo in range(0, shape[0], step):
+            block = self._retry(f"reading {path}[{lo}:{lo + step}]",
+                                lambda lo=lo: np.asarray(self.root[path][lo:lo + step]))
+            if np.any(block):
+                return False
+        return True
+
+    def _check_readable(self, path: str, allow_incomplete: bool) -> None:
         if path not in self.root:
             raise StoreError(f"Store {self.url} has no array {path!r}.")
         if self.mode == "r" and not allow_incomplete:
             self._require_trusted(path)
-        return self._retry(f"reading {path}[{_show(selection)}]", lambda: np.asarray(self.root[path][selection]))
 
     def _require_trusted(self, path: str) -> None:
         stage = stage_of(path)
@@ -769,3 +351,22 @@ class FeatureStore:
 
     def shape(self, path: str) -> tuple[int, ...]:
         return tuple(self.root[path].shape)
+
+    def view(self, path: str) -> ArrayView:
+        """A read-only view of the array at ``path`` that reads through :meth:`read` (retried, guarded):
+        for code that slices an array by itself (``view[lo:hi]``, ``view[x]``, ``view.shape``)."""
+        return ArrayView(self, path)
+
+
+class ArrayView:
+    """``store.view(path)``: ``view[selection]`` is ``store.read(path, selection)``."""
+
+    def __init__(self, store: FeatureStore, path: str) -> None:
+        self.store, self.path = store, path
+        self.shape = store.shape(path)
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return self.store.read(self.path, selection)
+
+    def __len__(self) -> int:
+        return self.shape[0]

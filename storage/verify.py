@@ -1,11 +1,14 @@
 """``repint verify STORE``: check a feature store's integrity and say exactly what is wrong.
 
-Checks, for every stage the store records as complete:
+Checks, for every stage the store records as complete, against the layout declared in
+:mod:`repint.storage.layout` (this module declares no stage and no array of its own):
 
-* layout: the stage's arrays exist (``docs/store-layout.md``);
-* shapes and dtypes agree across arrays (N images per split, C classes, D = K*h*w, M boundaries,
-  V centres);
-* completion records: every unit of ``_done/<stage>`` is true;
+* layout: the stage's arrays exist (an interpretation: its group, with a group ``c<v>`` per centre);
+* shapes and dtype kinds are the declared ones, each symbolic dimension bound by the first array
+  that has it and checked against the others (N images per split, K/h/w, D = K*h*w, C classes,
+  M boundaries, B = ceil(M/8), V centres, Q);
+* completion records: every unit of ``_done/<stage>`` is true, and there are as many as the
+  layout's units (chunks of images, centres, or one);
 * chunks: every chunk object of the stage's arrays is present and decodes (a missing one is named
   with its array path and chunk index; in stores written before every chunk was written, a missing
   chunk may be one of fill values and is a warning);
@@ -30,14 +33,22 @@ from typing import Any
 import numpy as np
 import zarr
 
-from repint.storage.store import FeatureStore, StoreLock
+from repint.storage.errors import retrying
+from repint.storage.layout import (
+    BOUNDARIES,
+    INGEST,
+    SIGNS,
+    SPLITS,
+    STAGES,
+    ArraySpec,
+    Stage,
+    derived_sizes,
+    parse_stage,
+)
+from repint.storage.lock import StoreLock
+from repint.storage.store import FeatureStore
 
 __all__ = ["Finding", "VerifyReport", "stage_arrays", "verify_store"]
-
-_SPLITS = ("reference", "unseen")
-_POLYTOPE_ARRAYS = ("boundaries", "orientation", "covered", "tau", "delta", "n_covered", "n_other_covered", "size",
-                    "purity")
-_EVALUATION_ARRAYS = ("centre", "covered", "y", "y_masked", "kept_fraction")
 
 
 @dataclass
@@ -98,27 +109,16 @@ class VerifyReport:
 
 
 def stage_arrays(stage: str, root: zarr.Group) -> list[str]:
-    """The arrays a complete ``stage`` must have (``interpret-<m>``: every array under its group)."""
-    m = re.fullmatch(r"ingest-(reference|unseen)", stage)
-    if m:
-        return [f"{m[1]}/{a}" for a in ("features", "logits", "predictions", "labels", "ids")]
-    if stage == "centres":
-        return [f"centres/{a}" for a in ("vectors", "labels", "input_index", "predicted_class")]
-    if stage == "boundaries":
-        return [f"boundaries/{a}" for a in ("W", "b", "top2", "source", "owner")]
-    m = re.fullmatch(r"signs-(reference|unseen)", stage)
-    if m:
-        return [f"signs/{m[1]}"]
-    if stage == "polytopes":
-        return [f"polytopes/{a}" for a in _POLYTOPE_ARRAYS]
-    if stage.startswith("interpret-"):
-        group = f"interpretations/{stage[len('interpret-'):]}"
-        if group not in root:
-            return [group]
-        return [f"{group}/{p}" for p, node in root[group].members(max_depth=None) if isinstance(node, zarr.Array)]
-    if stage.startswith("evaluate-"):
-        return [f"evaluation/{stage[len('evaluate-'):]}/{a}" for a in _EVALUATION_ARRAYS]
-    return []
+    """The arrays a complete ``stage`` must have, as the layout declares them (``interpret-<m>``:
+    every array under its group, or the group itself when there is none)."""
+    st = parse_stage(stage)
+    if st is None:
+        return []
+    if not st.kind.dynamic:
+        return [path for path, _ in st.arrays]
+    if st.group not in root:
+        return [st.group]
+    return [f"{st.group}/{p}" for p, node in root[st.group].members(max_depth=None) if isinstance(node, zarr.Array)]
 
 
 def _chunk_grid(arr: zarr.Array) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
@@ -137,12 +137,17 @@ def _stored_keys(root: zarr.Group, prefix: str) -> set[str]:
     return sync(collect())
 
 
+#: what the units of each kind of stage are, for messages
+_UNITS = {"chunks": "the stage's arrays have {} chunks", "V": "the store has {} centres", "1": "the stage has {} unit"}
+
+
 class _Checker:
     def __init__(self, store: FeatureStore, report: VerifyReport, sample: int, seed: int) -> None:
         self.store, self.root, self.report = store, store.root, report
         self.sample, self.rng = sample, np.random.default_rng(seed)
         self.strict_chunks = bool(self.root.attrs.get("chunks_always_written"))
         self.bad_chunks: dict[str, set[int]] = {}  # array -> first-axis index of missing / undecodable chunks
+        self.dims: dict[str, int] = {}  # the layout's dimensions, bound by the first array that has them; N/<split>
 
     def array(self, path: str) -> zarr.Array | None:
         try:
@@ -151,20 +156,48 @@ class _Checker:
             return None
         return node if isinstance(node, zarr.Array) else None
 
-    def expect(self, path: str, shape: tuple[int | None, ...], kind: str) -> zarr.Array | None:
-        """``path`` exists with ``shape`` (None: any length) and a dtype of ``kind`` (numpy kinds)."""
+    def sizes(self, stage: Stage) -> dict[str, int]:
+        """The dimensions bound so far, as ``stage`` sees them (``N``: its split's images)."""
+        out = {k: v for k, v in self.dims.items() if not k.startswith("N/")}
+        if f"N/{stage.split}" in self.dims:
+            out["N"] = self.dims[f"N/{stage.split}"]
+        return out
+
+    def expect(self, stage: Stage, path: str, spec: ArraySpec) -> zarr.Array | None:
+        """``path`` exists with the declared shape (each dimension as bound by the arrays before it;
+        one not bound yet is bound here) and a dtype of the declared kind."""
         arr = self.array(path)
         if arr is None:
             self.report.error("missing (its stage is complete)", path)
             return None
-        if len(arr.shape) != len(shape) or any(e is not None and e != s for e, s in zip(shape, arr.shape,
-                                                                                          strict=True)):
-            want = "[" + ", ".join("*" if e is None else str(e) for e in shape) + "]"
-            self.report.error(f"shape {list(arr.shape)} does not match the other arrays (expected {want})", path)
+        known = derived_sizes(self.sizes(stage))
+        want = [d if isinstance(d, int) else known.get(d) for d in spec.shape]
+        if len(arr.shape) == len(want):
+            for d, s in zip(spec.shape, arr.shape, strict=True):
+                if isinstance(d, str) and d not in known:
+                    self.dims[f"N/{stage.split}" if d == "N" else d] = known[d] = int(s)
+        if len(arr.shape) != len(want) or any(e is not None and e != s for e, s in zip(want, arr.shape, strict=True)):
+            shown = "[" + ", ".join("*" if e is None else str(e) for e in want) + "]"
+            self.report.error(f"shape {list(arr.shape)} does not match the other arrays (expected {shown})", path)
         dtype = arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(object)
-        if dtype.kind not in kind and not (kind == "U" and "string" in str(arr.dtype).lower()):
+        kind = "UOT" if spec.kind == "U" else spec.kind
+        if dtype.kind not in kind and not (kind == "UOT" and "string" in str(arr.dtype).lower()):
             self.report.error(f"dtype {arr.dtype} is not the layout's ({kind})", path)
         return arr
+
+    def n_units(self, stage: Stage) -> int | None:
+        """How many units the stage's records must have: the layout's count for the sizes stored
+        (chunks: of its first array chunked by images), or None when they cannot be told."""
+        sizes = self.sizes(stage)
+        if stage.kind.units == "chunks":
+            arr = next((a for p, spec in stage.arrays if spec.chunks and spec.chunks[0] == "chunk"
+                        and (a := self.array(p)) is not None), None)
+            if arr is None:
+                return None
+            sizes.update(N=arr.shape[0], chunk=arr.chunks[0])
+        elif stage.kind.units == "V" and "V" not in sizes:
+            return None
+        return stage.n_units(sizes)
 
     # chunks -------------------------------------------------------------------------------------
     def chunks(self, path: str) -> None:
@@ -172,7 +205,8 @@ class _Checker:
         if arr is None:
             return
         base = arr.store_path.path.strip("/")
-        keys = _stored_keys(self.root, f"{base}/")
+        keys = retrying(f"listing the chunks of {path}", lambda: _stored_keys(self.root, f"{base}/"),
+                        self.store.retry)
         encode = arr.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]
         for idx, region in _chunk_grid(arr):
             if f"{base}/{encode(idx)}" not in keys:
@@ -184,32 +218,36 @@ class _Checker:
                                         "before every chunk was written)", path, idx)
                 continue
             try:
-                np.asarray(arr[region])
+                retrying(f"reading {path} chunk {idx}", lambda region=region: np.asarray(arr[region]),
+                         self.store.retry)
                 self.report.chunks_checked += 1
             except Exception as exc:
                 self.bad_chunks.setdefault(path, set()).add(idx[0] if idx else 0)
                 self.report.error(f"chunk does not decode ({type(exc).__name__}: {exc})", path, idx)
 
-    def done(self, stage: str, n_units: int | None = None) -> None:
-        path = f"_done/{stage}"
+    def done(self, stage: Stage) -> None:
+        path = f"_done/{stage.name}"
         arr = self.array(path)
         if arr is None:
             self.report.error("completion records are missing (its stage is complete)", path)
             return
         self.chunks(path)
+        n_units = self.n_units(stage)
         if n_units is not None and arr.shape != (n_units,):
-            self.report.error(f"{arr.shape[0]} units recorded, the stage's arrays have {n_units} chunks", path)
+            self.report.error(f"{arr.shape[0]} units recorded, {_UNITS[stage.kind.units].format(n_units)}", path)
         try:
             done = np.asarray(arr[:])
         except Exception:
             return
         missing = np.flatnonzero(~done)
         if len(missing):
-            self.report.error(f"stage {stage!r} is marked complete but units {missing[:10].tolist()} have no "
+            self.report.error(f"stage {stage.name!r} is marked complete but units {missing[:10].tolist()} have no "
                               "completion record", path)
 
     # the checks ---------------------------------------------------------------------------------
     def run(self, complete: set[str]) -> None:
+        """Every check of every complete stage, in the pipeline's order (dimensions bound upstream
+        are checked downstream), then every chunk, then the recomputed sample."""
         attrs = self.root.attrs
         r = self.report
         for key in ("layout_version", "store_id"):
@@ -220,87 +258,36 @@ class _Checker:
                 r.error(f"stage {stage!r} has no input fingerprint recorded")
             if not info.get("epoch"):
                 r.error(f"stage {stage!r} has no epoch recorded")
-        sizes: dict[str, int] = {}
-        feature_shape = n_classes = None
-        for split in _SPLITS:
-            stage = f"ingest-{split}"
-            if stage not in complete:
-                continue
-            if not attrs.get(f"data_fingerprint_{split}"):
-                r.error(f"the data fingerprint of the {split} set (data_fingerprint_{split}) is not recorded")
-            if not (attrs.get("model") or {}).get("architecture"):
-                r.error("the model (architecture, checkpoint and its SHA-256) is not recorded")
-            feats = self.expect(f"{split}/features", (None, None, None, None), "f")
-            if feats is None:
-                continue
-            n = sizes[split] = feats.shape[0]
-            if feature_shape is not None and feats.shape[1:] != feature_shape:
-                r.error(f"ψ has shape {list(feats.shape[1:])} here and {list(feature_shape)} in the other split",
-                        f"{split}/features")
-            feature_shape = feats.shape[1:]
-            logits = self.expect(f"{split}/logits", (n, n_classes), "f")
-            if logits is not None:
-                n_classes = logits.shape[1]
-            self.expect(f"{split}/predictions", (n,), "i")
-            self.expect(f"{split}/labels", (n,), "i")
-            self.expect(f"{split}/ids", (n,), "UOT")
-            self.done(stage, math.ceil(n / feats.chunks[0]) if n else 0)
-        d = int(np.prod(feature_shape)) if feature_shape is not None else None
-        n_ref, v, m = sizes.get("reference"), None, None
-        if "centres" in complete:
-            vec = self.expect("centres/vectors", (None, d), "f")
-            v = vec.shape[0] if vec is not None else None
-            self.expect("centres/labels", (n_ref,), "i")
-            self.expect("centres/input_index", (v,), "i")
-            self.expect("centres/predicted_class", (v,), "i")
-            self.done("centres")
-        if "boundaries" in complete:
-            w = self.expect("boundaries/W", (None, d), "f")
-            m = w.shape[0] if w is not None else None
-            self.expect("boundaries/b", (m,), "f")
-            self.expect("boundaries/top2", (m, 2), "i")
-            self.expect("boundaries/source", (m,), "i")
-            self.expect("boundaries/owner", (m,), "i")
-            self.done("boundaries")
-        for split in _SPLITS:
-            stage = f"signs-{split}"
-            if stage in complete:
-                signs = self.expect(f"signs/{split}", (sizes.get(split), -(-m // 8) if m else None), "u")
-                if signs is not None:
-                    self.done(stage, math.ceil(signs.shape[0] / signs.chunks[0]) if signs.shape[0] else 0)
-        if "polytopes" in complete:
-            q_max = None
-            for name in _POLYTOPE_ARRAYS:
-                shape = {"boundaries": (v, q_max), "orientation": (v, q_max), "covered": (v, n_ref)}.get(name, (v,))
-                arr = self.expect(f"polytopes/{name}", shape, {"orientation": "b", "covered": "b",
-                                                                 "purity": "f"}.get(name, "i"))
-                if name == "boundaries" and arr is not None:
-                    q_max = arr.shape[1]
-            self.done("polytopes", v)
-        for stage in sorted(complete):
-            if stage.startswith("interpret-"):
-                paths = stage_arrays(stage, self.root)
-                if not paths or (len(paths) == 1 and paths[0] not in self.root):
-                    r.error("missing (its stage is complete)", f"interpretations/{stage[len('interpret-'):]}")
-                elif v is not None:
-                    group = self.root[f"interpretations/{stage[len('interpret-'):]}"]
-                    have = {name for name, _ in group.groups()}
-                    lacking = [c for c in range(v) if f"c{c}" not in have]
-                    if lacking:
-                        r.error(f"no interpretation of centres {lacking[:10]}", group.path)
-                self.done(stage, v)
-            elif stage.startswith("evaluate-"):
-                for name in _EVALUATION_ARRAYS:
-                    self.expect(f"evaluation/{stage[len('evaluate-'):]}/{name}", (sizes.get("unseen"),),
-                                "bif")
-                arr = self.array(f"evaluation/{stage[len('evaluate-'):]}/y")
-                self.done(stage, math.ceil(arr.shape[0] / arr.chunks[0]) if arr is not None and arr.shape[0]
-                          else None)
-        for stage in sorted(complete):
-            for path in stage_arrays(stage, self.root):
+        kinds = list(STAGES.values())
+        stages = sorted((st for name in complete if (st := parse_stage(name)) is not None),
+                        key=lambda st: (kinds.index(st.kind), SPLITS.index(st.split), st.name))
+        for st in stages:
+            if st.kind is INGEST:
+                if not attrs.get(f"data_fingerprint_{st.split}"):
+                    r.error(f"the data fingerprint of the {st.split} set (data_fingerprint_{st.split}) is not recorded")
+                if not (attrs.get("model") or {}).get("architecture"):
+                    r.error("the model (architecture, checkpoint and its SHA-256) is not recorded")
+            if st.kind.dynamic:
+                self.interpretations(st)
+            for path, spec in st.arrays:
+                self.expect(st, path, spec)
+            self.done(st)
+        for st in stages:
+            for path in stage_arrays(st.name, self.root):
                 if self.array(path) is not None:
                     self.chunks(path)
-        self.recompute(complete, sizes)
+        self.recompute(complete)
+
+    def interpretations(self, stage: Stage) -> None:
+        """A method's interpretations: arrays of its own under its group, a group ``c<v>`` per centre."""
+        paths = stage_arrays(stage.name, self.root)
+        if not paths or (len(paths) == 1 and paths[0] not in self.root):
+            self.report.error("missing (its stage is complete)", stage.group)
+        elif (v := self.sizes(stage).get("V")) is not None:
+            have = {name for name, _ in self.root[stage.group].groups()}
+            lacking = [c for c in range(v) if f"c{c}" not in have]
+            if lacking:
+                self.report.error(f"no interpretation of centres {lacking[:10]}", stage.group)
 
     def readable(self, rows: np.ndarray, *paths: str) -> np.ndarray:
         """``rows`` without those in a chunk of ``paths`` that is missing or does not decode (reported)."""
@@ -312,49 +299,53 @@ class _Checker:
                 keep &= ~np.isin(rows // arr.chunks[0], sorted(bad))
         return rows[keep]
 
-    def recompute(self, complete: set[str], sizes: Mapping[str, int]) -> None:
+    def recompute(self, complete: set[str]) -> None:
         """Sign bits and predictions of a sample of rows against recomputation from the features."""
         from repint.signs import sign_bits
 
-        if "boundaries" not in complete or {"boundaries/W", "boundaries/b"} & set(self.bad_chunks):
+        bnd = BOUNDARIES.of()
+        if bnd.name not in complete or {bnd["W"], bnd["b"]} & set(self.bad_chunks):
             return
         try:
-            w, b = np.asarray(self.root["boundaries/W"][...]), np.asarray(self.root["boundaries/b"][...])
+            w, b = (self.store.read(bnd[a], allow_incomplete=True) for a in ("W", "b"))
         except Exception:
             return
-        for split in _SPLITS:
-            n = sizes.get(split)
-            if f"signs-{split}" not in complete or not n:
+        for split in SPLITS:
+            ingest, signs = INGEST.of(split), SIGNS.of(split)
+            features, bits = ingest["features"], signs["signs"]
+            n = self.dims.get(f"N/{split}")
+            if not {ingest.name, signs.name} <= complete or not n or self.array(features) is None \
+                    or self.array(bits) is None:
                 continue
             rows = np.unique(np.concatenate([self.rng.choice(n, size=min(self.sample, n), replace=False), [0, n - 1]]))
-            rows = self.readable(rows, f"{split}/features", f"signs/{split}")
+            rows = self.readable(rows, features, bits)
             if not len(rows):
                 continue
             try:
-                feats = self.root[f"{split}/features"].get_orthogonal_selection((rows,))
-                stored = self.root[f"signs/{split}"].get_orthogonal_selection((rows,))
+                feats = self.store.read_rows(features, rows, allow_incomplete=True)
+                stored = self.store.read_rows(bits, rows, allow_incomplete=True)
             except Exception as exc:
-                self.report.error(f"cannot read the sampled rows ({type(exc).__name__}: {exc})", f"signs/{split}")
+                self.report.error(f"cannot read the sampled rows ({type(exc).__name__}: {exc})", bits)
                 continue
             if stored.shape[1:] != (-(-len(b) // 8),) or feats.reshape(len(rows), -1).shape[1] != w.shape[1]:
                 continue  # a shape error, reported above
             wrong = rows[(sign_bits(feats, w, b) != stored).any(axis=1)]
             self.report.rows_recomputed += len(rows)
             if len(wrong):
-                size = int(self.root[f"signs/{split}"].chunks[0])
+                size = int(self.root[bits].chunks[0])
                 chunks = sorted({int(i) // size for i in wrong})[:10]
                 self.report.error(f"sign bits of rows {wrong[:10].tolist()} (chunks {chunks}) differ from "
-                                  "<W, ψ(x)> + b > 0 recomputed from the stored features, W and b", f"signs/{split}")
-            rows = self.readable(rows, f"{split}/logits", f"{split}/predictions")
+                                  "<W, ψ(x)> + b > 0 recomputed from the stored features, W and b", bits)
+            rows = self.readable(rows, ingest["logits"], ingest["predictions"])
             try:
-                logits = self.root[f"{split}/logits"].get_orthogonal_selection((rows,))
-                preds = self.root[f"{split}/predictions"].get_orthogonal_selection((rows,))
+                logits = self.store.read_rows(ingest["logits"], rows, allow_incomplete=True)
+                preds = self.store.read_rows(ingest["predictions"], rows, allow_incomplete=True)
             except Exception:
                 continue
-            off = rows[np.asarray(preds) != np.asarray(logits).argmax(1)]
+            off = rows[preds != logits.argmax(1)]
             if len(off):
                 self.report.error(f"predictions of rows {off[:10].tolist()} are not the argmax of the logits",
-                                  f"{split}/predictions")
+                                  ingest["predictions"])
 
 
 def verify_store(url: str, storage_options: Mapping[str, Any] | None = None, *, sample: int = 64,
