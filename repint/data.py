@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,14 +305,25 @@ def source_from_spec(spec: dict[str, Any]) -> ImageSource:
     raise ValueError(f"Unknown data source kind {kind!r}.")
 
 
-_CACHE: dict[str, ImageSource] = {}
+_CACHE: OrderedDict[str, ImageSource] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHED_SOURCES = 16  # a five-run study with variants asks for about a dozen (each run's reference subsample)
 
 
 def _cached(cls: type[ImageSource], args: dict[str, Any]) -> ImageSource:
+    """One source per spec and process (a folder is scanned, an archive read once), the
+    :data:`CACHED_SOURCES` most recently used kept: a long-lived worker does not grow without bound."""
     key = cls.__name__ + repr(sorted(args.items()))
-    if key not in _CACHE:
-        src = cls(**args)
-        _CACHE[key] = src
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    src = cls(**args)
+    with _CACHE_LOCK:
         # also under its own spec (e.g. with the resolved class list), which is what tasks ask for
-        _CACHE[cls.__name__ + repr(sorted((k, v) for k, v in src.spec().items() if k != "kind"))] = src
-    return _CACHE[key]
+        for k in (key, cls.__name__ + repr(sorted((k, v) for k, v in src.spec().items() if k != "kind"))):
+            _CACHE[k] = src
+            _CACHE.move_to_end(k)
+        while len(_CACHE) > CACHED_SOURCES:
+            _CACHE.popitem(last=False)
+    return src
