@@ -1,4 +1,5 @@
-"""``repint``: run representative interpretations from the command line."""
+"""``repint``: run representative interpretations from the command line (``repint ...`` or
+``python -m repint.app.cli ...``)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from repint.results import text_report
+
 __all__ = ["main"]
-
-
-def _table(summary: dict[str, Any], out: str | None = None) -> str:
-    runs = summary.get("runs", 1)
-    w = max(12, *(len(name) + 2 for name in summary["methods"]))
-    col = 16 if runs > 1 else 10
-    lines = [f"RepInt on {summary['dataset']}: {summary['n_reference']} reference / {summary['n_unseen']} unseen "
-             f"images, {summary['n_classes']} classes, {summary['n_interpretations']} interpretations, "
-             f"|Q| = {summary['q']} ({summary['q_sampling']})", "",
-             f"{'method':<{w}}{'mAD (%)':>{col}}{'mAI (%)':>{col}}{'covered unseen':>16}"
-             + (f"   ({runs} runs)" if runs > 1 else ""), "-" * (w + 2 * col + 16)]
-    for name, r in summary["methods"].items():
-        cov = f"{r['covered_unseen']:.0f}/{r['n']}" if "covered_unseen" in r else ""
-        if runs > 1:
-            ad, ai = f"{r['mAD']:.2f} ± {r['mAD_std']:.2f}", f"{r['mAI']:.2f} ± {r['mAI_std']:.2f}"
-        else:
-            ad, ai = f"{r['mAD']:.2f}", f"{r['mAI']:.2f}"
-        lines.append(f"{name:<{w}}{ad:>{col}}{ai:>{col}}{cov:>16}")
-    p = summary["polytopes"]
-    lines += ["", f"polytopes: mean size {p['mean_size']:.1f}, mean coverage {p['mean_covered']:.1f} reference "
-                  f"images, mean purity {p['mean_purity']:.3f}",
-              f"time: {summary['timings_s'].get('total', float('nan')):.1f} s; "
-              f"output in {out or Path(summary['store']).parent} (report.html)"]
-    return "\n".join(lines)
 
 
 def _quiet() -> None:
@@ -60,14 +39,14 @@ def _run(cfg: Any, out: str, args: argparse.Namespace) -> int:
     _refuse_locked_stores(spec, cfg.evaluation.runs)
     Path(out).mkdir(parents=True, exist_ok=True)
     summary = study(spec, cfg.evaluation.runs)
-    print(_table(summary, out))
+    print(text_report(summary, out))
     return 0
 
 
 def _refuse_locked_stores(spec: Any, runs: int) -> None:
     """Before any flow starts: a store another live run is writing is a one-line error (the pipeline
     takes the lock itself; this only spares the user a failed flow run)."""
-    from repint.flows.dag import run_spec
+    from repint.flows.studies import run_spec
     from repint.storage import StoreLock, StoreLockedError
 
     for i in range(runs):
@@ -225,7 +204,7 @@ def _layers_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from repint.bench import run
+    from repint.app.bench import run
 
     return run(args)
 
@@ -303,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--all", action="store_true", help="also list the layers a skip connection bypasses")
     ly.add_argument("--json", action="store_true", help="the analysis as JSON")
     ly.set_defaults(fn=cmd_layers)
-    from repint.bench import add_arguments
+    from repint.app.bench import add_arguments
 
     bn = sub.add_parser("bench", help="the performance suite: every stage as a ratio against its limit, measured "
                         "side by side (docs/benchmarks.md)", description="Measure every stage against its limit "

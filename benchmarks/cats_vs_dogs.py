@@ -28,7 +28,7 @@ PAPER_ASIRRA = {"RI": (2.00, 0.06, 30.72, 0.85), "Grad-CAM": (2.30, 0.09, 32.90,
 def _repint(*args: str) -> float:
     t = time.perf_counter()
     print("$ repint " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "repint.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "repint.app.cli", *args], check=True)
     return time.perf_counter() - t
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""RepInt's performance suite, as a script: the same as ``repint bench`` (code in ``repint/bench.py``).
+"""RepInt's performance suite, as a script: the same as ``repint bench`` (code in ``app/bench/``, ``repint.app.bench``).
 
     python benchmarks/run.py --quick        # a few minutes on 2 cores
     python benchmarks/run.py --only solver,signs --out /tmp/bench
@@ -9,7 +9,7 @@ See ``benchmarks/README.md``.
 
 import sys
 
-from repint.bench import main
+from repint.app.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

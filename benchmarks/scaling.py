@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from repint.bench import PSI_SHAPE, bench_signs, load_average, med, sign_problem
+from repint.app.bench import PSI_SHAPE, bench_signs, load_average, med, sign_problem
 
 CODECS = {"none": None, "zstd level 1 (features' codec)": [ZstdCodec(level=1)],
           "zstd level 3 (Zarr's default)": [ZstdCodec(level=3)]}

@@ -18,12 +18,14 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.config import Config, demo_config, load_config
-from repint.flows.dag import study, study_specs, with_default_model
+from repint.flows.run import with_default_model
 from repint.flows.spec import build_spec
+from repint.flows.studies import study, study_specs
 from repint.storage import FeatureStore, redact_url
-from repint.tasks.common import RunSpec, logger
+from repint.tasks.common import logger
 from repint.tasks.drift import drift_markdown, drift_report
 from repint.tasks.html import write_html_report
+from repint.tasks.runspec import RunSpec
 from repint.tasks.versions import add_version, pending_version, read_index, start_version, version_fingerprints
 
 __all__ = ["config_with_overrides", "reinterpret", "run_pipeline"]

@@ -10,7 +10,7 @@ from typing import Any
 from repint.config import Config
 from repint.data import ImageSource, source_from_spec
 from repint.nets import VGG_WIDTHS, VGGNet
-from repint.tasks.common import RunSpec
+from repint.tasks.runspec import RunSpec
 
 AUTO_LAYER_IMAGES = 8  # reference images on which `layer: auto` counts the distinct boundaries of each cut
 
@@ -161,8 +161,8 @@ def build_spec(cfg: Config, out_dir: str | Path, checkpoint: str | None = None) 
     return RunSpec(
         store=cfg.store or str(out / "store.zarr"), storage_options=cfg.storage_options, out_dir=str(out),
         dataset=name, reference=ref.spec(), unseen=uns.spec(), model=model,
-        interpretation=cfg.interpretation.model_dump(), evaluation=cfg.evaluation.model_dump(),
-        runtime=cfg.runtime.model_dump(),
+        train=cfg.train.model_copy(), interpretation=cfg.interpretation.model_copy(),
+        evaluation=cfg.evaluation.model_copy(deep=True), runtime=cfg.runtime.model_copy(),
     )
 
 

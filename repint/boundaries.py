@@ -1,4 +1,5 @@
-r"""Linear boundaries of the head ``G`` (Eq. 2) and the two ways of sampling ``Q``.
+r"""Linear boundaries of the head ``G`` (Eq. 2) and what the ways of sampling ``Q`` draw from
+(:mod:`repint.qsampling` registers them).
 
 At a point ``t`` of feature space, with :math:`\Delta G(t) = \max_1 G(t) - \max_2 G(t)` on logits,
 
@@ -17,9 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Boundaries", "QClampWarning", "boundary_search", "linear_boundaries", "sample_reference_points"]
-
-Q_SAMPLING = ("reference-points", "boundary-search")
+__all__ = ["Boundaries", "QClampWarning", "boundary_columns", "boundary_search", "linear_boundaries",
+           "sample_reference_points"]
 
 
 class QClampWarning(UserWarning):
@@ -87,6 +87,14 @@ def sample_other_class(predictions: np.ndarray, input_index: int, q: int, rng: n
                       f"input {input_index}; clamped to {len(others)}.", QClampWarning, stacklevel=2)
         q = len(others)
     return np.sort(rng.choice(others, size=q, replace=False))
+
+
+def boundary_columns(owner: np.ndarray, centre: int) -> np.ndarray:
+    r"""Boundary ids of ``Q`` for one centre: :math:`Q_v = \{h : \mathrm{owner}(h) \in \{-1, v\}\}`, the
+    shared ones (owner ``-1``: ``reference-points``) and the centre's own (``boundary-search``), in
+    increasing order."""
+    owner = np.asarray(owner)
+    return np.flatnonzero((owner == -1) | (owner == centre))
 
 
 def boundary_search(head: nn.Module, start: np.ndarray, ends: np.ndarray, tol: float = 1e-5,

@@ -11,9 +11,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from repint.assignment import fallbacks
+from repint.methods import available_methods, paper_methods
+from repint.qsampling import q_samplers
+from repint.variants import VARIANT_KEYS, Variant
+
 __all__ = ["ALL_METHODS", "Config", "ConfigError", "demo_config", "expand_env", "load_config"]
 
-ALL_METHODS = ["RI", "Grad-CAM", "Grad-CAM++", "Score-CAM", "ACE"]
+#: the paper's Table 1 methods, in its order (from the registry: ``Method.paper_order``)
+ALL_METHODS = paper_methods()
+QSampling = Literal[tuple(q_samplers())]  # type: ignore[valid-type]
+Fallback = Literal[tuple(fallbacks())]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -67,19 +75,20 @@ class TrainConfig(_Strict):
 
 class InterpretationConfig(_Strict):
     q: int = Field(50, ge=1, description="|Q|, the number of sampled boundaries")
-    q_sampling: Literal["reference-points", "boundary-search"] = "reference-points"
+    q_sampling: QSampling = Field(q_samplers()[0], description="how Q is sampled: "  # type: ignore[valid-type]
+                                  + ", ".join(q_samplers()) + " (repint.qsampling)")
     interpretations_per_class: int = Field(10, ge=1)
     orient: bool = True
     unit_normals: bool = True
     seed: int = 0
 
 
-VARIANT_KEYS = {"q", "q_sampling", "orient"}
-
 
 class EvaluationConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["RI", "Grad-CAM"])
     keep_fraction: float = Field(0.2, gt=0, lt=1)
+    fallback: Fallback = Field(fallbacks()[0], description="what RI reuses on an unseen image no polytope "  # type: ignore[valid-type]
+                               "covers: " + ", ".join(fallbacks()) + " (repint.assignment)")
     case_studies: int = Field(3, ge=0)
     ace_images: int = Field(20, ge=2, description="ACE: discovery images per cluster (and random images)")
     runs: int = Field(1, ge=1, description="repeat interpretation and evaluation with seeds seed, seed+1, ...")
@@ -87,11 +96,23 @@ class EvaluationConfig(_Strict):
         default_factory=list, description="RI under other interpretation settings (q, q_sampling, orient), "
         "reported beside RI, e.g. [{q_sampling: boundary-search}, {orient: false}]")
 
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, value: list[str]) -> list[str]:
+        for label in value:
+            variant = Variant.parse(label)
+            if variant.base not in available_methods():
+                raise ValueError(f"unknown method {variant.base!r}; available: {', '.join(available_methods())}")
+            unknown = {k for k, _ in variant.overrides} - set(VARIANT_KEYS)
+            if unknown:
+                raise ValueError(f"{label!r}: a variant sets some of {list(VARIANT_KEYS)}, not {sorted(unknown)}")
+        return value
+
     @field_validator("variants")
     @classmethod
     def _check_variants(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for v in value:
-            unknown = set(v) - VARIANT_KEYS
+            unknown = set(v) - set(VARIANT_KEYS)
             if not v or unknown:
                 raise ValueError(f"a variant sets some of {sorted(VARIANT_KEYS)}; got {v!r}")
             InterpretationConfig(**v)  # types and ranges as in the interpretation section

@@ -14,7 +14,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["AverageDropIncrease", "keep_count", "keep_top_fraction", "mask_images"]
+__all__ = ["AverageDropIncrease", "keep_count", "keep_top_fraction", "mask_images", "softmax"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    r"""Row-wise softmax ``[n, C]`` in float64, stable for large logits:
+
+    .. math:: p_{ic} = \frac{\exp(z_{ic} - \max_k z_{ik})}{\sum_j \exp(z_{ij} - \max_k z_{ik})}
+
+    The row maximum is subtracted in the dtype of ``logits``, then cast to float64 before ``exp``
+    (the order every stored ``Y_c`` was computed in).
+    """
+    logits = np.asarray(logits)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z.astype(np.float64))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def keep_count(height: int, width: int, fraction: float = 0.2) -> int:

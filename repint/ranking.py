@@ -3,14 +3,27 @@ r"""Similarity ranking of covered images (Eq. 6).
 .. math:: \mathrm{Dist}(x, x') = \sum_{h \in P(x)} |\langle \vec W_h, ψ(x)\rangle - \langle \vec W_h, ψ(x')\rangle|
 
 with unit normals :math:`\vec W_h = W_h / \lVert W_h \rVert` (the paper), or raw ``W_h`` (the
-authors' code, ``unit=False``).
+authors' code, ``unit=False``). Beside it the rankings the case studies show: Euclidean neighbours in
+``ψ`` (:func:`euclidean_neighbours`, the comparison of Figure 2) and the most representative
+interpretations (:func:`most_representative`).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-__all__ = ["rank_similar", "semantic_distance"]
+__all__ = ["FeatureArray", "euclidean_neighbours", "most_representative", "rank_similar", "semantic_distance"]
+
+
+class FeatureArray(Protocol):
+    """Features ``[N, ...]`` read by slices: a numpy array, or a zarr array too large to read at once."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: int | slice, /) -> np.ndarray: ...
 
 
 def semantic_distance(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit: bool = True) -> np.ndarray:
@@ -27,3 +40,24 @@ def semantic_distance(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, 
 def rank_similar(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit: bool = True) -> np.ndarray:
     """Positions of ``psi_others`` from most to least similar (stable for equal distances)."""
     return np.argsort(semantic_distance(W, psi_x, psi_others, unit), kind="stable")
+
+
+def euclidean_neighbours(features: FeatureArray, x: int, top: int = 4, block: int = 1024) -> np.ndarray:
+    r"""The ``top`` rows of ``features`` ``[N, ...]`` nearest to row ``x`` in flattened float64 Euclidean
+    distance, :math:`\lVert ψ(x') - ψ(x) \rVert^2`, ``x`` itself excluded (ties: lowest index; with
+    ``top >= N`` it comes last). Read ``block`` rows at a time, so ``features`` never needs to fit in
+    memory at once."""
+    psi_x = np.asarray(features[x], dtype=np.float64).ravel()
+    n = features.shape[0]
+    dist = np.empty(n)
+    for lo in range(0, n, block):
+        f = np.asarray(features[lo: lo + block], dtype=np.float64).reshape(-1, psi_x.size)
+        dist[lo: lo + len(f)] = ((f - psi_x) ** 2).sum(1)
+    dist[x] = np.inf
+    return np.argsort(dist, kind="stable")[:top]
+
+
+def most_representative(n_covered: np.ndarray, n: int) -> list[int]:
+    """The ``n`` interpretations whose polytopes cover the most reference images, ``|P ∩ R|`` from
+    ``n_covered`` ``[V]``, most first (ties: lowest id)."""
+    return [int(c) for c in np.argsort(-np.asarray(n_covered), kind="stable")[:n]]

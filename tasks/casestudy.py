@@ -11,64 +11,54 @@ from typing import Any
 import numpy as np
 import torch
 
+from repint import ranking
 from repint.heatmaps import display_image
 from repint.methods import get_method
-from repint.metrics import keep_top_fraction, mask_images
+from repint.metrics import mask_images, softmax
 from repint.model import PSI_MODULE
 from repint.ranking import rank_similar
-from repint.tasks.common import RunSpec, batched_forward, device, load_split, source
-from repint.tasks.evaluate import load_interpretation, softmax
+from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, POLYTOPES
+from repint.tasks.common import batched_forward, device, load_split, source
+from repint.tasks.interpret import load_interpretation
+from repint.tasks.runspec import RunSpec
 
 __all__ = ["case_study", "euclidean_neighbours", "eq6_neighbours", "representative_centres"]
 
 
 def representative_centres(store, n: int) -> list[int]:  # noqa: ANN001
     """The ``n`` interpretations whose polytopes cover the most reference images (ties: lowest id);
-    the ones the figures, case studies and report galleries show."""
-    return [int(c) for c in np.argsort(-store.read("polytopes/n_covered"), kind="stable")[:n]]
+    the ones the figures, case studies and report galleries show (:func:`repint.ranking.most_representative`)."""
+    return ranking.most_representative(store.read(POLYTOPES.of()["n_covered"]), n)
 
 
 def eq6_neighbours(spec: RunSpec, store, centre: int, top: int = 4) -> np.ndarray:  # noqa: ANN001
     """Reference images covered by the polytope of ``centre``, most similar to its input by Eq. 6."""
-    x = int(store.read("centres/input_index")[centre])
-    covered = np.flatnonzero(store.read("polytopes/covered", centre))
+    polytopes, feats = POLYTOPES.of(), INGEST.of("reference")["features"]
+    x = int(store.read(CENTRES.of()["input_index"])[centre])
+    covered = np.flatnonzero(store.read(polytopes["covered"], centre))
     covered = covered[covered != x]
-    ids = store.read("polytopes/boundaries", centre)
+    ids = store.read(polytopes["boundaries"], centre)
     ids = ids[ids >= 0]
-    feats = store.root["reference/features"]
     if not len(ids) or not len(covered):
         return covered[:top]
-    W = store.root["boundaries/W"].get_orthogonal_selection((ids, slice(None)))
-    order = rank_similar(W, np.asarray(feats[x]), feats.get_orthogonal_selection((covered,)),
-                         unit=bool(spec.interpretation.get("unit_normals", True)))
+    W = store.read_rows(BOUNDARIES.of()["W"], ids)
+    order = rank_similar(W, store.read(feats, x), store.read_rows(feats, covered),
+                         unit=spec.interpretation.unit_normals)
     return covered[order[:top]]
 
 
 def euclidean_neighbours(store, x: int, top: int = 4, block: int = 1024) -> np.ndarray:  # noqa: ANN001
     """The ``top`` reference images nearest to image ``x`` in ψ (flattened, Euclidean), ``x`` excluded;
-    read block by block so the features never need to fit in memory at once."""
-    feats = store.root["reference/features"]
-    psi_x = np.asarray(feats[x], dtype=np.float64).ravel()
-    n = feats.shape[0]
-    dist = np.empty(n)
-    for lo in range(0, n, block):
-        f = np.asarray(feats[lo: lo + block], dtype=np.float64).reshape(-1, psi_x.size)
-        dist[lo: lo + len(f)] = ((f - psi_x) ** 2).sum(1)
-    dist[x] = np.inf
-    return np.argsort(dist, kind="stable")[:top]
+    read block by block so the features never need to fit in memory at once
+    (:func:`repint.ranking.euclidean_neighbours`)."""
+    return ranking.euclidean_neighbours(store.view(INGEST.of("reference")["features"]), x, top, block)
 
 
 def _maps_and_keep(spec: RunSpec, store, method: str, centre: int, images: np.ndarray,  # noqa: ANN001
                    feats: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     sm = load_split(spec)
     m = get_method(method).bind(sm.composed, PSI_MODULE)
-    interp = load_interpretation(store, method, centre)
-    try:
-        maps = m.heatmaps(interp, images, feats)
-    except NotImplementedError:  # ACE keeps whole segments: its map is its keep-mask
-        keep = m.keep_masks(interp, images, feats, fraction)
-        return keep.astype(np.float32), keep
-    return maps, keep_top_fraction(maps, fraction)
+    return m.shown_maps(load_interpretation(store, method, centre), images, feats, fraction)
 
 
 def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
@@ -78,15 +68,13 @@ def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(spec.evaluation["methods"])
-    fraction = float(spec.evaluation.get("keep_fraction", 0.2))
-    x = int(store.read("centres/input_index")[centre])
+    methods, fraction, ref = spec.evaluation.methods, spec.evaluation.keep_fraction, INGEST.of("reference")
+    x = int(store.read(CENTRES.of()["input_index"])[centre])
     eq6, euc = eq6_neighbours(spec, store, centre, top), euclidean_neighbours(store, x, top)
     shown = np.concatenate([[x], eq6, euc]).astype(int)
     titles = ["input x"] + [f"Eq. 6 #{i + 1}" for i in range(len(eq6))] + [f"Euclid. #{i + 1}" for i in range(len(euc))]
     images = source(spec, "reference").load(shown)
-    feats = store.root["reference/features"].get_orthogonal_selection((shown,))
-    logits = store.root["reference/logits"].get_orthogonal_selection((shown,))
+    feats, logits = store.read_rows(ref["features"], shown), store.read_rows(ref["logits"], shown)
     cls = logits.argmax(1)
     y = softmax(logits)[np.arange(len(shown)), cls]
     sm, scores = load_split(spec), {}
@@ -98,7 +86,7 @@ def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> d
     for i, method in enumerate(methods, 1):
         maps, keep = _maps_and_keep(spec, store, method, centre, images, feats, fraction)
         with torch.no_grad():
-            out = batched_forward(sm.model, mask_images(images, keep), int(spec.runtime["batch_size"]), device(spec))
+            out = batched_forward(sm.model, mask_images(images, keep), spec.runtime.batch_size, device(spec))
         y_masked = softmax(out)[np.arange(len(shown)), cls]
         scores[method] = [round(float(v), 4) for v in y_masked]
         for j in range(len(shown)):

@@ -1,4 +1,5 @@
-"""What every task needs: the run spec (small, JSON-able), the store, the split model, chunking."""
+"""What every task needs: the store, the split model, the data sources, chunking (the run spec is
+:mod:`repint.tasks.runspec`)."""
 
 from __future__ import annotations
 
@@ -8,65 +9,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, field_serializer, field_validator, model_validator
 
 from repint.data import ImageSource, source_from_spec
 from repint.model import Classifier, SplitModel, example_input, split_model
 from repint.nets import load_network, resolve_device
-from repint.storage import FeatureStore, mask_secrets, protect_secrets, redact_url, split_url_credentials
+from repint.storage import FeatureStore
+from repint.tasks.runspec import RunSpec
 
-__all__ = ["RunSpec", "build_split", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
-
-
-class RunSpec(BaseModel):
-    """Everything a task needs to find its inputs; passed to every task (no big arrays).
-
-    A flow parameter, so Prefect stores its JSON form (``model_dump(mode="json")``) and shows it in
-    the UI: every credential in ``storage_options`` (``key``, ``secret``, ``token``, ``password``,
-    ``aws_secret_access_key`` in ``client_kwargs``, ...) is a ``SecretStr`` that serialises as
-    ``**********``, and credentials in an ``s3://KEY:SECRET@bucket`` store URL are moved into
-    ``storage_options``. The real values stay in the object (and survive pickling to Dask workers);
-    ``FeatureStore`` reveals them only to fsspec."""
-
-    store: str
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    out_dir: str
-    dataset: str
-    reference: dict[str, Any]
-    unseen: dict[str, Any]
-    model: dict[str, Any]
-    interpretation: dict[str, Any]
-    evaluation: dict[str, Any]
-    runtime: dict[str, Any]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_out_of_store_url(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("store"), str):
-            store, options = split_url_credentials(data["store"], data.get("storage_options") or {})
-            data = {**data, "store": store, "storage_options": options}
-        return data
-
-    @field_validator("storage_options")
-    @classmethod
-    def _protect_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return protect_secrets(value)
-
-    @field_serializer("storage_options", when_used="json")
-    def _mask_credentials(self, value: dict[str, Any]) -> dict[str, Any]:
-        return mask_secrets(value)  # also what a model_copy(update=...) put in without validation
-
-    @field_serializer("store", when_used="json")
-    def _redact_store(self, value: str) -> str:
-        return redact_url(value)
-
-    def __repr_args__(self) -> Any:  # repr() and str(): the store URL without user info, too
-        for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "store" and isinstance(value, str) else value
-
-    @property
-    def chunk_size(self) -> int:
-        return int(self.runtime["chunk_size"])
+__all__ = ["build_split", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
 
 
 def logger() -> logging.Logger:
@@ -121,7 +71,7 @@ def load_split(spec: RunSpec) -> SplitModel:
 
 
 def device(spec: RunSpec) -> torch.device:
-    return resolve_device(spec.runtime.get("device", "auto"))
+    return resolve_device(spec.runtime.device)
 
 
 def unit_key(stage: str) -> Any:

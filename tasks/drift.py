@@ -3,7 +3,8 @@ r"""Drift between two versions of the interpretations (``reinterpret`` after ret
 The centres of two versions are k-means centres of two feature spaces, so centre ``v`` of one is not
 centre ``v`` of the other. Centres are matched within their predicted class by the overlap of the
 reference images their polytopes cover (Hungarian assignment on the Jaccard index
-:math:`J(A, B) = |A \cap B| / |A \cup B|` over image ids). For each matched pair the report gives
+:math:`J(A, B) = |A \cap B| / |A \cup B|` over image ids; the maths is :mod:`repint.drift`). For each
+matched pair the report gives
 
 - ``jaccard``: the overlap of covered reference images;
 - ``size_prev``, ``size``, ``size_change``: the number of boundaries :math:`|P|` before and after;
@@ -22,48 +23,16 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from repint.drift import align_covers, compared_images, jaccard_matrix, match_centres, pearson_rows
 from repint.methods import get_method
 from repint.metrics import AverageDropIncrease
 from repint.storage import FeatureStore
+from repint.storage.layout import INGEST
 
-__all__ = ["covered_ids", "drift_markdown", "drift_report", "jaccard_matrix", "match_centres", "pearson_rows"]
+__all__ = ["covered_ids", "drift_markdown", "drift_report"]
 
 MAX_IMAGES = 32  # heat maps compared per centre pair
-
-
-def jaccard_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``J[i, j]`` = Jaccard index of rows ``a[i]`` and ``b[j]`` (boolean ``[n, N]``, ``[m, N]``); 0 when
-    both are empty."""
-    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-
-
-def match_centres(jaccard: np.ndarray, cls_new: np.ndarray, cls_prev: np.ndarray) -> list[int | None]:
-    """For each new centre, the previous centre of the same class it is matched to (maximum total
-    Jaccard, one to one), or ``None`` when there is none left."""
-    match: list[int | None] = [None] * jaccard.shape[0]
-    for c in np.union1d(cls_new, cls_prev):
-        rows, cols = np.flatnonzero(cls_new == c), np.flatnonzero(cls_prev == c)
-        if len(rows) == 0 or len(cols) == 0:
-            continue
-        r, k = linear_sum_assignment(-jaccard[np.ix_(rows, cols)])
-        for i, j in zip(r, k, strict=True):
-            match[int(rows[i])] = int(cols[j])
-    return match
-
-
-def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each pair of rows of ``a`` and ``b`` (flattened); NaN where a row is
-    constant."""
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), np.nan)
 
 
 def covered_ids(store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +42,11 @@ def covered_ids(store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ri_maps(store: FeatureStore, centre: int, rows: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from repint.tasks.evaluate import load_interpretation
+    from repint.tasks.interpret import load_interpretation
 
-    feats = store.root["reference/features"].get_orthogonal_selection((np.sort(rows),))
-    order = np.argsort(np.argsort(rows))  # back to the order of ``rows``
+    feats = store.read_rows(INGEST.of("reference")["features"], rows)
     dummy = np.zeros((len(rows), 1, *size), np.float32)  # heat maps only need the image size
-    return get_method("RI").heatmaps(load_interpretation(store, "RI", centre), dummy, feats[order])
+    return get_method("RI").heatmaps(load_interpretation(store, "RI", centre), dummy, feats)
 
 
 def _centre_scores(store: FeatureStore) -> dict[int, dict[str, float]]:
@@ -106,41 +74,27 @@ def drift_report(prev: FeatureStore, new: FeatureStore, image_size: int, prev_me
     of overlapping ones: images are identified by their ids)."""
     ids_p, cov_p = covered_ids(prev)
     ids_n, cov_n = covered_ids(new)
-    universe = np.union1d(ids_p, ids_n)
-    pos_p, pos_n = np.searchsorted(universe, ids_p), np.searchsorted(universe, ids_n)
-    a = np.zeros((len(cov_n), len(universe)), bool)
-    a[:, pos_n] = cov_n
-    b = np.zeros((len(cov_p), len(universe)), bool)
-    b[:, pos_p] = cov_p
-    jac = jaccard_matrix(a, b)
+    aligned = align_covers(ids_n, cov_n, ids_p, cov_p)
+    jac = jaccard_matrix(aligned.new, aligned.prev)
     inp_n, inp_p = new.read("centres/input_index"), prev.read("centres/input_index")
     cls_n, cls_p = new.read("reference/predictions")[inp_n], prev.read("reference/predictions")[inp_p]
     match = match_centres(jac, cls_n, cls_p)
     size_n, size_p = new.read("polytopes/size"), prev.read("polytopes/size")
     scores_n, scores_p = _centre_scores(new), _centre_scores(prev)
-    row_p = {u: i for i, u in enumerate(pos_p)}
-    row_n = {u: i for i, u in enumerate(pos_n)}
     centres = []
     for v, j in enumerate(match):
         entry: dict[str, Any] = {"centre": v, "class": int(cls_n[v]), "input": str(ids_n[inp_n[v]]),
                                  "size": int(size_n[v]), "mAD": _round(scores_n.get(v, {}).get("AD")),
                                  "mAI": _round(scores_n.get(v, {}).get("AI")), "previous_centre": j}
         if j is not None:
-            shared = np.flatnonzero(a[v] & b[j])
-            if len(shared) == 0:  # nothing covered in common: compare on the two inputs
-                shared = np.intersect1d(universe, [ids_n[inp_n[v]], ids_p[inp_p[j]]], return_indices=True)[1]
-            shared = shared[np.isin(shared, pos_n) & np.isin(shared, pos_p)]
-            if len(shared) > MAX_IMAGES:
-                shared = shared[np.linspace(0, len(shared) - 1, MAX_IMAGES).round().astype(int)]
+            rows_n, rows_p = compared_images(aligned, v, j, ids_n[inp_n[v]], ids_p[inp_p[j]], MAX_IMAGES)
             corr = float("nan")
-            if len(shared):
-                rows_n = np.array([row_n[s] for s in shared])
-                rows_p = np.array([row_p[s] for s in shared])
+            if len(rows_n):
                 size = (image_size, image_size)
                 corr = float(np.nanmean(pearson_rows(_ri_maps(new, v, rows_n, size), _ri_maps(prev, j, rows_p, size))))
             entry.update({
                 "jaccard": _round(jac[v, j]), "size_prev": int(size_p[j]), "size_change": int(size_n[v] - size_p[j]),
-                "heatmap_correlation": _round(corr), "n_compared": int(len(shared)),
+                "heatmap_correlation": _round(corr), "n_compared": int(len(rows_n)),
                 "mAD_prev": _round(scores_p.get(j, {}).get("AD")), "mAI_prev": _round(scores_p.get(j, {}).get("AI"))})
         centres.append(entry)
     matched = [c for c in centres if c["previous_centre"] is not None]

@@ -18,10 +18,13 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from repint.heatmaps import display_image
 from repint.methods import get_method
 from repint.metrics import mask_images
+from repint.results import Results, to_rows
 from repint.storage import FeatureStore, redact_url
+from repint.storage.layout import INGEST
 from repint.tasks.casestudy import representative_centres
-from repint.tasks.common import RunSpec, logger, open_store, source
-from repint.tasks.evaluate import load_interpretation
+from repint.tasks.common import logger, open_store, source
+from repint.tasks.interpret import load_interpretation
+from repint.tasks.runspec import RunSpec
 
 __all__ = ["MAX_REUSED", "TEMPLATES", "render_html", "results_rows", "write_html_report"]
 
@@ -44,29 +47,11 @@ def _hwc(image: np.ndarray) -> np.ndarray:
     return display_image(image)
 
 
-def _pm(mean: float, std: float | None, digits: int = 2) -> str:
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def results_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Table-1 rows: per method mAD ± std, mAI ± std (percent), runs, images, RI's unseen coverage.
-
-    Works on a study summary and on a single run's summary; ± std only where there are several runs."""
-    n_unseen = summary.get("n_unseen")
-    rows = []
-    for method, r in summary["methods"].items():
-        runs = int(r.get("runs", 1))
-        ad_std, ai_std = (r.get("mAD_std"), r.get("mAI_std")) if runs > 1 else (None, None)
-        covered = ""
-        if r.get("covered_unseen") is not None:
-            cov, std = float(r["covered_unseen"]), r.get("covered_unseen_std")
-            covered = (f"{cov:.0f}" if runs == 1 or std is None else _pm(cov, std, 1)) + \
-                (f" / {n_unseen} ({100 * cov / n_unseen:.1f}%)" if n_unseen else "")
-        rows.append({"method": method, "mAD": float(r["mAD"]), "mAD_std": ad_std, "mAI": float(r["mAI"]),
-                     "mAI_std": ai_std, "runs": runs, "n": r.get("n", ""), "mAD (%)": _pm(float(r["mAD"]), ad_std),
-                     "mAI (%)": _pm(float(r["mAI"]), ai_std), "covered unseen": covered,
-                     "per_run": r.get("per_run", [])})
-    return rows
+    """The Table-1 rows of a study's or a single run's summary (``repint.results.to_rows``, view
+    ``html``): per method mAD ± std, mAI ± std (percent; ± only for several runs), runs, images, RI's
+    unseen coverage, the runs' scores."""
+    return to_rows(Results.from_summary(summary), "html")
 
 
 def reused_on(store: FeatureStore, centre: int, limit: int = MAX_REUSED) -> np.ndarray:
@@ -89,10 +74,10 @@ def reuse_figure(spec: RunSpec, store: FeatureStore, centre: int,
 
     src = source(spec, "unseen")
     images = src.load(idx)
-    feats = store.root["unseen/features"].get_orthogonal_selection((idx,))
+    feats = store.read_rows(INGEST.of("unseen")["features"], idx)
     method, interp = get_method("RI"), load_interpretation(store, "RI", centre)
     maps = method.heatmaps(interp, images, feats)
-    keep = method.keep_masks(interp, images, feats, float(spec.evaluation.get("keep_fraction", 0.2)))
+    keep = method.keep_masks(interp, images, feats, spec.evaluation.keep_fraction)
     masked = mask_images(images, keep)
     ids, preds = store.read("unseen/ids")[idx], store.read("unseen/predictions")[idx]
     y, y_masked = store.read("evaluation/RI/y")[idx], store.read("evaluation/RI/y_masked")[idx]
@@ -173,7 +158,7 @@ def parameters(specs: list[RunSpec], summary: dict[str, Any], attrs: dict[str, A
     """(name, value) pairs: model, checkpoint and its hash, ψ, Q, seeds, evaluation settings, data."""
     spec = specs[0]
     model = {**spec.model, **attrs.get("model", {})}
-    interp = {**spec.interpretation, **attrs.get("interpretation", {})}
+    interp = {**spec.interpretation.model_dump(), **attrs.get("interpretation", {})}
 
     def js(v: Any) -> str:
         return v if isinstance(v, str) else json.dumps(v, default=str)
@@ -189,8 +174,8 @@ def parameters(specs: list[RunSpec], summary: dict[str, Any], attrs: dict[str, A
         ("|Q|", interp.get("q")), ("Q sampling", interp.get("q_sampling")),
         ("interpretations per class", interp.get("interpretations_per_class")),
         ("orient / unit normals", f"{interp.get('orient')} / {interp.get('unit_normals')}"),
-        ("seeds", summary.get("seeds", [s.interpretation.get("seed") for s in specs])),
-        ("methods", spec.evaluation.get("methods")), ("keep fraction", spec.evaluation.get("keep_fraction")),
+        ("seeds", summary.get("seeds", [s.interpretation.seed for s in specs])),
+        ("methods", spec.evaluation.methods), ("keep fraction", spec.evaluation.keep_fraction),
         ("reference images", summary.get("n_reference")), ("unseen images", summary.get("n_unseen")),
         ("boundaries sampled", summary.get("n_boundaries")),
         ("distinct boundaries", summary.get("n_distinct_boundaries")),
@@ -198,8 +183,8 @@ def parameters(specs: list[RunSpec], summary: dict[str, Any], attrs: dict[str, A
         ("unseen data", attrs.get("data_unseen", spec.unseen)),
         ("skipped images", (summary.get("skipped_images") or {}).get("count", 0)),
         ("|Q| clamped", summary.get("q_clamped", [])),
-        ("runtime", {k: v for k, v in spec.runtime.items() if k in ("task_runner", "n_workers", "chunk_size",
-                                                                       "batch_size", "device")}),
+        ("runtime", spec.runtime.model_dump(include={"task_runner", "n_workers", "chunk_size", "batch_size",
+                                                     "device"})),
     ]
     if summary.get("model_training"):
         pairs.append(("model training", summary["model_training"]))
@@ -214,7 +199,7 @@ def fingerprints(specs: list[RunSpec]) -> dict[str, Any]:
             attrs = open_store(spec, mode="r").attrs
         except Exception:  # a store that cannot be opened is reported as such, not crashed on
             attrs = {}
-        runs.append({"run": i, "seed": spec.interpretation.get("seed"), "store": redact_url(spec.store),
+        runs.append({"run": i, "seed": spec.interpretation.seed, "store": redact_url(spec.store),
                      "store_id": attrs.get("store_id", "?"), "code_version": attrs.get("code_version", "?"),
                      "data_reference": attrs.get("data_fingerprint_reference", "?"),
                      "data_unseen": attrs.get("data_fingerprint_unseen", "?"), "out_dir": spec.out_dir})
@@ -258,10 +243,11 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
     spec = specs[0]
     store = open_store(spec, mode="r")
     attrs = store.attrs
-    case = int(spec.evaluation.get("case_studies", 3))
+    case = int(spec.evaluation.case_studies)
     figures = {int(f["centre"]): f for f in summary.get("figures", [])}
     galleries = [gallery(spec, store, c, figures) for c in representative_centres(store, case)]
-    rows = results_rows(summary)
+    table = Results.from_summary(summary)
+    rows = to_rows(table, "html")
     folders = [out, *dict.fromkeys(Path(s.out_dir) for s in specs)]
     context = {
         "title": f"RepInt report: {summary.get('dataset', spec.dataset)}",
@@ -271,7 +257,7 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
         "fingerprints": fingerprints(specs),
         "timings": {k: float(v) for k, v in summary.get("timings_s", {}).items()},
         "run_timings": run_timings(specs, out),
-        "keep_percent": 100 * float(spec.evaluation.get("keep_fraction", 0.2)),
+        "keep_percent": 100 * spec.evaluation.keep_fraction,
     }
     path = out / "report.html"
     path.write_text(render_html(context), encoding="utf-8")
@@ -279,8 +265,7 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
     create_link_artifact(key="repint-report", link=uri, link_text="report.html",
                          description=context["title"])
     create_table_artifact(key="repint-report-table",
-                          table=[{k: r[k] for k in ("method", "mAD (%)", "mAI (%)", "runs", "n", "covered unseen")}
-                                 for r in rows],
+                          table=to_rows(table, "html-table"),
                           description=f"Results in {path}")
     logger().info(f"report: {uri}")
     return str(path)

@@ -7,9 +7,8 @@ from prefect import task
 
 import repint
 from repint.storage import fingerprint_params
-from repint.storage.store import FAST_COMPRESSORS
+from repint.storage.layout import INGEST
 from repint.tasks.common import (
-    RunSpec,
     batched_forward,
     bound_chunk_memory,
     chunks,
@@ -21,6 +20,7 @@ from repint.tasks.common import (
     source,
     unit_key,
 )
+from repint.tasks.runspec import RunSpec
 
 
 def ingest_fingerprint(spec: RunSpec, split: str) -> str:
@@ -32,28 +32,23 @@ def ingest_fingerprint(spec: RunSpec, split: str) -> str:
 def prepare_ingest(spec: RunSpec, split: str) -> dict:
     """Create the split's arrays (shapes from one forward pass) and start or resume the stage."""
     store, src, sm = open_store(spec), source(spec, split), load_split(spec)
-    n, cs = len(src), spec.chunk_size
-    fp = ingest_fingerprint(spec, split)
-    stage = f"ingest-{split}"
-    if store.stage_complete(stage, fp):
-        return {"split": split, "n": n, "pending": [], "fingerprint": fp}
+    stage, fp = INGEST.of(split), ingest_fingerprint(spec, split)
+    if store.stage_complete(stage.name, fp):
+        return {"split": split, "n": len(src), "pending": [], "fingerprint": fp}
     probe = batched_forward(sm.psi, src.load(np.arange(1)), 1, device(spec))
     n_classes = batched_forward(sm.head, probe, 1, device(spec)).shape[1]
-    fshape = probe.shape[1:]
-    store.begin_stage(stage, fp, len(chunks(n, cs)), arrays=[f"{split}/{a}" for a in
-                                                          ("features", "logits", "predictions")])
-    store.require(f"{split}/features", (n, *fshape), "f4", (cs, *fshape), compressors=FAST_COMPRESSORS)
-    store.require(f"{split}/logits", (n, n_classes), "f4", (cs, n_classes))
-    store.require(f"{split}/predictions", (n,), "i8", (cs,), fill_value=-1)
-    store.write(f"{split}/ids", np.asarray(src.ids, dtype=str))
-    store.write(f"{split}/labels", src.labels)
+    K, h, w = probe.shape[1:]
+    pending = store.prepare(stage, fp, {"N": len(src), "K": K, "h": h, "w": w, "C": n_classes,
+                                        "chunk": spec.chunk_size})
+    store.write(stage["ids"], np.asarray(src.ids, dtype=str))
+    store.write(stage["labels"], src.labels)
     store.set_attrs(**{f"skipped_{split}": src.skipped, f"data_{split}": src.spec(),
                        f"data_fingerprint_{split}": src.fingerprint()},
                     model=spec.model, code_version=repint.__version__)
     if src.skipped:
         logger().warning(f"{len(src.skipped)} {split} images do not decode and are skipped, e.g. "
                          f"{src.skipped[0]['id']}: {src.skipped[0]['reason']}")
-    return {"split": split, "n": n, "pending": store.pending_units(stage), "fingerprint": fp}
+    return {"split": split, "n": len(src), "pending": pending, "fingerprint": fp}
 
 
 @task(name="ingest-chunk", task_run_name="ingest-{split}-{chunk}", retries=2, retry_delay_seconds=2,
@@ -65,7 +60,7 @@ def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     store, src, sm = open_store(spec), source(spec, split), load_split(spec)
     lo, hi = chunks(len(src), spec.chunk_size)[chunk]
     images = src.load(np.arange(lo, hi))
-    dev, bs = device(spec), int(spec.runtime["batch_size"])
+    dev, bs = device(spec), int(spec.runtime.batch_size)
     feats = batched_forward(sm.psi, images, bs, dev)
     logits = batched_forward(sm.head, feats, bs, dev)
     bad = ~(np.isfinite(feats.reshape(len(feats), -1)).all(1) & np.isfinite(logits).all(1))
@@ -77,16 +72,11 @@ def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
             f"{lo}..{hi - 1}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}. The model produces non-finite "
             "values: check the images, the checkpoint's weights (`model.checkpoint`) and the input normalisation "
             "(`data.mean`, `data.std`).")
-    store.write_region(f"{split}/features", slice(lo, hi), feats)
-    store.write_region(f"{split}/logits", slice(lo, hi), logits)
-    store.write_region(f"{split}/predictions", slice(lo, hi), logits.argmax(1))
-    store.mark_unit_done(f"ingest-{split}", chunk)
+    stage = INGEST.of(split)
+    store.write_region(stage["features"], slice(lo, hi), feats)
+    store.write_region(stage["logits"], slice(lo, hi), logits)
+    store.write_region(stage["predictions"], slice(lo, hi), logits.argmax(1))
+    store.mark_unit_done(stage.name, chunk)
     del images, feats, logits
     release_memory()
     return {"split": split, "chunk": chunk, "n": hi - lo}
-
-
-@task(name="finish-stage", task_run_name="finish-{stage}")
-def finish_stage(spec: RunSpec, stage: str) -> str:
-    open_store(spec).finish_stage(stage)
-    return stage

@@ -12,10 +12,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.heatmaps import display_image
 from repint.methods import get_method
+from repint.results import Results, to_markdown, to_rows
 from repint.storage import redact_url
+from repint.storage.layout import EVALUATE, INGEST
 from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
-from repint.tasks.common import RunSpec, open_store, source
-from repint.tasks.evaluate import load_interpretation
+from repint.tasks.common import open_store, source
+from repint.tasks.interpret import load_interpretation
+from repint.tasks.runspec import RunSpec
+from repint.variants import Variant
 
 
 def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
@@ -28,11 +32,10 @@ def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict
     similar = eq6_neighbours(spec, store, centre, top)
     ids = store.read("polytopes/boundaries", centre)
     ids = ids[ids >= 0]
-    feats = store.root["reference/features"]
     shown = np.concatenate([[x], similar]).astype(int)
     images = source(spec, "reference").load(shown)
     interp = load_interpretation(store, "RI", centre)
-    maps = get_method("RI").heatmaps(interp, images, feats.get_orthogonal_selection((shown,)))
+    maps = get_method("RI").heatmaps(interp, images, store.read_rows(INGEST.of("reference")["features"], shown))
     fig, axes = plt.subplots(2, len(shown), figsize=(2.2 * len(shown), 4.6), squeeze=False)
     for j in range(len(shown)):
         img = display_image(images[j])
@@ -56,7 +59,7 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``summary.json`` and the figures into the output folder, and the Prefect artifacts."""
     store = open_store(spec)
-    for stage in ("centres", "polytopes", *(f"evaluate-{m}" for m in results)):
+    for stage in ("centres", "polytopes", *(EVALUATE.of(Variant.parse(m).key).name for m in results)):
         store.require_complete(stage)  # never a report from a stage that did not finish
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,8 +78,8 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "n_unseen": store.shape("unseen/predictions")[0],
         "n_classes": store.shape("reference/logits")[1],
         "n_interpretations": store.shape("centres/input_index")[0],
-        "q": spec.interpretation["q"],
-        "q_sampling": spec.interpretation["q_sampling"],
+        "q": spec.interpretation.q,
+        "q_sampling": spec.interpretation.q_sampling,
         "n_boundaries": store.shape("boundaries/b")[0],
         "n_distinct_boundaries": attrs.get("n_distinct_boundaries"),
         "polytopes": {"mean_size": float(size.mean()), "mean_covered": float(n_cov.mean()),
@@ -91,20 +94,18 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "store": redact_url(spec.store),  # never credentials in URL user info
         **(extra or {}),
     }
-    case = int(spec.evaluation.get("case_studies", 3))
+    case = int(spec.evaluation.case_studies)
     chosen = representative_centres(store, case)
     summary["figures"] = [_figure(spec, store, c, out / f"interpretation-{c}.png") for c in chosen
-                          if "RI" in spec.evaluation["methods"]]
+                          if "RI" in spec.evaluation.methods]
     summary["case_studies"] = [case_study(spec, store, c, out / f"case-study-{c}.png") for c in chosen]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    rows = [{"method": m, "mAD (%)": r["mAD"], "mAI (%)": r["mAI"], "n": r["n"],
-             "covered unseen": r.get("covered_unseen", "")} for m, r in results.items()]
-    create_table_artifact(key="repint-ad-ai", table=rows, description=f"AD/AI on {spec.dataset}")
+    table = Results.from_methods(results, spec.dataset, n_unseen=summary["n_unseen"])
+    create_table_artifact(key="repint-ad-ai", table=to_rows(table, "run"), description=f"AD/AI on {spec.dataset}")
     md = [f"# RepInt run on {spec.dataset}", "",
           f"{summary['n_reference']} reference / {summary['n_unseen']} unseen images, "
           f"{summary['n_interpretations']} interpretations, |Q| = {summary['q']} ({summary['q_sampling']}).", "",
-          "| method | mAD (%) | mAI (%) |", "|---|---|---|"]
-    md += [f"| {r['method']} | {r['mAD (%)']:.2f} | {r['mAI (%)']:.2f} |" for r in rows]
+          to_markdown(table)]
     md += ["", f"Polytopes: mean size {summary['polytopes']['mean_size']:.1f}, mean coverage "
                f"{summary['polytopes']['mean_covered']:.1f} reference images.", f"Output: `{out}`"]
     create_markdown_artifact(key="repint-summary", markdown="\n".join(md), description="RepInt summary")

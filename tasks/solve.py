@@ -5,58 +5,46 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
+from repint.boundaries import boundary_columns
 from repint.signs import unpack_signs
 from repint.solver import greedy_polytope
-from repint.storage import fingerprint_params
-from repint.tasks.common import RunSpec, open_store, unit_key
-
-
-def boundary_columns(owner: np.ndarray, centre: int) -> np.ndarray:
-    """Boundary ids of Q for one centre: the shared ones (owner -1) and the centre's own."""
-    return np.flatnonzero((owner == -1) | (owner == centre))
+from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, POLYTOPES, SIGNS
+from repint.tasks.common import open_store, unit_key
+from repint.tasks.runspec import RunSpec
+from repint.tasks.stages import stage_fingerprint
 
 
 @task(name="prepare-polytopes", task_run_name="prepare-polytopes")
 def prepare_polytopes(spec: RunSpec) -> list[int]:
-    store = open_store(spec)
-    store.require_complete("signs-reference")
-    st = store.attrs["stages"]
-    fp = fingerprint_params("polytopes", st["signs-reference"]["fingerprint"])
-    if store.stage_complete("polytopes", fp):
+    store, stage = open_store(spec), POLYTOPES.of()
+    fp = stage_fingerprint(store, stage)
+    if store.stage_complete(stage.name, fp):
         return []
-    v = store.shape("centres/input_index")[0]
-    n = store.shape("reference/predictions")[0]
-    owner = store.read("boundaries/owner")
+    v = store.shape(CENTRES.of()["input_index"])[0]
+    owner = store.read(BOUNDARIES.of()["owner"])
     q_max = max(len(boundary_columns(owner, c)) for c in range(v))
-    store.begin_stage("polytopes", fp, v, arrays=["polytopes"])
-    store.require("polytopes/boundaries", (v, q_max), "i8", (1, q_max), fill_value=-1)
-    store.require("polytopes/orientation", (v, q_max), bool, (1, q_max), fill_value=False)
-    store.require("polytopes/covered", (v, n), bool, (1, n), fill_value=False)
-    for name in ("tau", "delta", "n_covered", "n_other_covered", "size"):
-        store.require(f"polytopes/{name}", (v,), "i8", (1,), fill_value=-1)
-    store.require("polytopes/purity", (v,), "f8", (1,), fill_value=np.nan)
-    return store.pending_units("polytopes")
+    return store.prepare(stage, fp, {"V": v, "Q": q_max, "N": store.shape(INGEST.of("reference")["predictions"])[0]})
 
 
 @task(name="solve-centre", task_run_name="solve-centre-{centre}", retries=1,
       cache_key_fn=unit_key("polytopes"))
 def solve_centre(spec: RunSpec, centre: int) -> dict:
     """Algorithm 1 for the input of one centre, over the boundaries of its Q, from the sign bits."""
-    store = open_store(spec)
-    owner = store.read("boundaries/owner")
+    store, stage, ref = open_store(spec), POLYTOPES.of(), INGEST.of("reference")
+    owner = store.read(BOUNDARIES.of()["owner"])
     cols = boundary_columns(owner, centre)
-    signs = unpack_signs(store.read("signs/reference"), len(owner))[:, cols]
-    preds = store.read("reference/predictions")
-    x = int(store.read("centres/input_index")[centre])
+    signs = unpack_signs(store.read(SIGNS.of("reference")[""]), len(owner))[:, cols]
+    preds = store.read(ref["predictions"])
+    x = int(store.read(CENTRES.of()["input_index"])[centre])
     p = greedy_polytope(signs, x, preds != preds[x])
     ids = cols[p.boundaries]
-    row = np.full(store.shape("polytopes/boundaries")[1], -1, dtype=np.int64)
+    row = np.full(store.shape(stage["boundaries"])[1], -1, dtype=np.int64)
     row[: len(ids)] = ids
     orient = np.zeros(len(row), dtype=bool)
     orient[: len(ids)] = p.orientation
     for name, value in (("boundaries", row), ("orientation", orient), ("covered", p.covered), ("tau", p.tau),
                         ("delta", p.delta), ("n_covered", p.n_covered), ("n_other_covered", p.n_other_covered),
                         ("size", len(ids)), ("purity", p.purity)):
-        store.write_region(f"polytopes/{name}", centre, value)
-    store.mark_unit_done("polytopes", centre)
+        store.write_region(stage[name], centre, value)
+    store.mark_unit_done(stage.name, centre)
     return {"centre": centre, "size": len(ids), "n_covered": p.n_covered, "tau": p.tau}

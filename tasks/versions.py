@@ -22,7 +22,8 @@ from typing import Any
 from prefect import task
 
 from repint.storage import fingerprint_params
-from repint.tasks.common import RunSpec, source
+from repint.tasks.common import source
+from repint.tasks.runspec import RunSpec
 
 __all__ = ["INDEX", "add_version", "pending_version", "read_index", "version_fingerprints"]
 
@@ -39,7 +40,7 @@ def version_fingerprints(spec: RunSpec) -> dict[str, str]:
         "model": str(spec.model.get("checkpoint_sha256")),
         "data": fingerprint_params(source(spec, "reference").content_fingerprint(),
                                    source(spec, "unseen").content_fingerprint()),
-        "settings": fingerprint_params(model, spec.interpretation, spec.evaluation),
+        "settings": fingerprint_params(model, spec.interpretation.model_dump(), spec.evaluation.model_dump()),
     }
 
 

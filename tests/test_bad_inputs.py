@@ -23,8 +23,8 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from repint.app.cli import main
 from repint.boundaries import QClampWarning, sample_other_class, sample_reference_points
-from repint.cli import main
 from repint.config import ConfigError, load_config
 from repint.data import ArraySource, ImageFolderSource, ImageTooLargeError, _decode
 from repint.nets import VGGNet, load_checkpoint
@@ -574,7 +574,7 @@ def _python_files(*folders: str) -> list[Path]:
     return sorted(p for f in folders for p in (ROOT / f).rglob("*.py") if "__pycache__" not in p.parts)
 
 
-PRODUCT = ("repint", "flows", "tasks", "storage", "benchmarks")
+PRODUCT = ("repint", "storage", "tasks", "flows", "app", "benchmarks")
 
 
 def _calls(path: Path) -> list[tuple[str, ast.Call]]:
@@ -630,7 +630,7 @@ def test_only_the_documented_hook_imports_by_name():
              if name in dynamic}
     assert found == {
         ("repint/nets.py", "importlib.import_module"),  # the module:function model hook (documented)
-        ("flows/__init__.py", "importlib.import_module"),  # lazy import of repint.flows.dag / .entry (constants)
+        ("flows/__init__.py", "importlib.import_module"),  # lazy import of the flows modules (constants)
         ("flows/cluster.py", "importlib.import_module"),  # a worker probe imports repint's own task module
     }
     shell = [f"{p.relative_to(ROOT)}:{c.lineno}" for p in _python_files(*PRODUCT) for name, c in _calls(p)
@@ -657,13 +657,13 @@ def test_servers_bind_to_localhost_by_default():
                 assert "--host" in line, f"{p}: {line}"  # never every interface
             if "LocalCluster(" in line:
                 assert "127.0.0.1" in t[t.index(line): t.index(line) + 400], f"{p}: {line}"
-    dag = (ROOT / "flows" / "dag.py").read_text()
+    dag = (ROOT / "flows" / "runners.py").read_text()  # the local Dask cluster's options
     assert '"host": "127.0.0.1"' in dag and '"dashboard_address": "127.0.0.1:0"' in dag
 
 
 def test_credentials_are_masked_in_the_spec_and_errors(monkeypatch):
     from repint.config import expand_env
-    from repint.tasks.common import RunSpec
+    from repint.tasks.runspec import RunSpec
 
     spec = RunSpec(store="s3://AKIAEXAMPLE:hunter2secret@bucket/s.zarr", storage_options={"secret": "s3cr3t-value"},
                    out_dir="/tmp/o", dataset="d", reference={}, unseen={}, model={}, interpretation={},

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from repint import bench
+from repint.app import bench
 from repint.methods import get_method
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from repint.boundaries import (
     QClampWarning,
+    boundary_columns,
     boundary_search,
     linear_boundaries,
     sample_other_class,
@@ -162,3 +163,23 @@ def test_sample_other_class():
     with pytest.warns(QClampWarning, match="clamped to 3"):
         idx = sample_other_class(predictions, 0, 5, np.random.default_rng(0))
     assert idx.tolist() == [1, 3, 4]
+
+
+def test_boundary_columns_by_hand():
+    # reference-points: every boundary is shared (owner -1); boundary-search: each centre owns its own
+    owner = np.array([-1, 0, 1, -1, 0, 2])
+    assert boundary_columns(owner, 0).tolist() == [0, 1, 3, 4]
+    assert boundary_columns(owner, 2).tolist() == [0, 3, 5]
+    assert boundary_columns(owner, 7).tolist() == [0, 3]  # no boundaries of its own: the shared ones
+    assert boundary_columns(np.full(3, -1), 1).tolist() == [0, 1, 2]
+    assert boundary_columns(np.array([0, 0, 1, 1]), 1).tolist() == [2, 3]
+
+
+def test_boundary_columns_split_q_by_owner():
+    owner = np.random.default_rng(0).integers(-1, 4, 50)
+    cols = [set(boundary_columns(owner, c).tolist()) for c in range(4)]
+    shared = set(np.flatnonzero(owner == -1).tolist())
+    for c in range(4):
+        assert cols[c] >= shared  # every centre has the shared ones
+        assert all(owner[h] == c for h in cols[c] - shared)  # and no other centre's
+    assert set().union(*cols) == set(range(50))

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from repint.cli import main
+from repint.app.cli import main
 
 DATASET_ENV = "REPINT_CATS_VS_DOGS"
 DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cats_vs_dogs"

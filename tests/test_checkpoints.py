@@ -197,7 +197,7 @@ def test_single_channel_model_wrapped_checkpoint_and_auto_layer_from_the_config(
     assert spec.model["checkpoint_format"]["description"] == \
         "the state dict under 'state_dict' with the key prefix 'module.' removed"
 
-    out = subprocess.run([sys.executable, "-m", "repint.cli", "layers", str(tmp_path / "grey.yaml"), "--json"],
+    out = subprocess.run([sys.executable, "-m", "repint.app.cli", "layers", str(tmp_path / "grey.yaml"), "--json"],
                          capture_output=True, text=True, env={**__import__("os").environ,
                                                               "PYTHONPATH": str(tmp_path)}, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -269,7 +269,7 @@ def test_densenet_pretrained_files_keep_torchvisions_old_key_names(tmp_path, mon
 def test_repint_layers_infers_a_user_models_input_channels(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     arch = _grey_model_module(tmp_path)
-    from repint.cli import main
+    from repint.app.cli import main
 
     assert main(["layers", "--model", arch, "--image-size", "32", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

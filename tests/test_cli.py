@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from repint.cli import main
+from repint.app.cli import main
 
 pytestmark = pytest.mark.slow
 

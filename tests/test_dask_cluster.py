@@ -52,7 +52,7 @@ def cluster(prefect_harness, tmp_path_factory):
 def _with_model(spec):
     """The spec with the default model's checkpoint (trained once per session: repint_cache), in a
     flow as in `pipeline`."""
-    from repint.flows.dag import with_default_model
+    from repint.flows.run import with_default_model
 
     return with_default_model(spec)[0]
 
@@ -67,10 +67,12 @@ def _spec(out: Path, address: str | None = None):
 
 
 def _ingest_and_boundaries(spec):
-    """The two flows as `pipeline` runs them; the boundaries flow run's id."""
-    from repint.flows.dag import boundaries_flow, ingest_flow, task_runner
+    """The flows up to the boundaries as `pipeline` runs them; the boundaries flow run's id."""
+    from repint.flows.runners import task_runner
+    from repint.flows.stages import boundaries_flow, centres_flow, ingest_flow
 
     ingest_flow(spec)
+    centres_flow(spec)
     runner = task_runner(spec)
     # Dask's INFO chatter stays out of the Prefect logs, on an existing cluster and a local one alike
     assert logging.getLogger("distributed").getEffectiveLevel() >= logging.ERROR
@@ -121,7 +123,7 @@ def cluster_run(cluster, repint_cache, tmp_path_factory):
 def test_signs_on_the_cluster_equal_a_local_run_bit_for_bit(cluster, cluster_run, tmp_path):
     spec, stream, workers, messages, flow_run_id = cluster_run
     local = _spec(tmp_path / "local")  # the default runner: a local Dask cluster of its own
-    assert local.runtime["dask_address"] is None
+    assert local.runtime.dask_address is None
     local_run_id = _ingest_and_boundaries(local)
     a, b = FeatureStore(spec.store, mode="r"), FeatureStore(local.store, mode="r")
     assert a.store_id != b.store_id
@@ -156,7 +158,8 @@ def test_signs_on_the_cluster_equal_a_local_run_bit_for_bit(cluster, cluster_run
 
 
 def test_a_worker_without_repint_is_named(cluster, cluster_run):
-    from repint.flows.dag import boundaries_flow, task_runner
+    from repint.flows.runners import task_runner
+    from repint.flows.stages import boundaries_flow
 
     spec = cluster_run[0]
     preload = cluster.tmp / "no_repint.py"
@@ -190,7 +193,7 @@ def _write_config(path: Path, store: str) -> Path:
 def test_a_store_the_workers_cannot_reach(cluster, cluster_run, repint_cache, tmp_path, capsys):
     """fsspec's memory file system lives in one process: the store that `repint run` writes there
     exists for the client, never for the workers."""
-    from repint.cli import main
+    from repint.app.cli import main
 
     store = f"memory://repint-{uuid.uuid4().hex[:8]}/store.zarr"
     config = _write_config(tmp_path / "memory.yaml", store)
@@ -231,7 +234,7 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(prefect_harness, repint_cache, tmp_path, capsys):
-    from repint.cli import build_parser, main
+    from repint.app.cli import build_parser, main
 
     address = f"tcp://127.0.0.1:{_closed_port()}"
     assert build_parser().parse_args(["demo", "--dask-address", address]).dask_address == address

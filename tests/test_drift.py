@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from repint.tasks.drift import jaccard_matrix, match_centres, pearson_rows
+from repint.drift import jaccard_matrix, match_centres, pearson_rows
 from repint.tasks.versions import add_version, pending_version, read_index, start_version
 
 

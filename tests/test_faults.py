@@ -57,7 +57,7 @@ def run_env(prefect_harness, repint_cache, tmp_path_factory):
 
 def _start(run_env: dict, out: Path, name: str) -> subprocess.Popen:
     log = open(run_env["tmp"] / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen([sys.executable, "-m", "repint.cli", "run", str(run_env["config"]), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "repint.app.cli", "run", str(run_env["config"]), "--out", str(out)],
                             stdout=log, stderr=subprocess.STDOUT, env=run_env["env"], start_new_session=True)
     log.close()
     return proc
@@ -258,7 +258,7 @@ def test_sigkill_during_sign_chunks_resumes_from_completed_chunks(run_env, basel
 def _with_model(spec):
     from prefect import flow
 
-    from repint.flows.dag import with_default_model
+    from repint.flows.run import with_default_model
 
     return flow(name="default-model")(with_default_model)(spec)[0]
 
@@ -267,8 +267,9 @@ def test_a_dask_worker_killed_during_a_sign_task(prefect_harness, repint_cache, 
     """Two workers; once the first sign chunk is done, the worker running another sign task is
     killed (SIGKILL). The scheduler gives its task to the other worker; every chunk is done once in
     the end and the sign bits equal recomputation."""
-    from repint.flows.dag import boundaries_flow, ingest_flow, task_runner
+    from repint.flows.runners import task_runner
     from repint.flows.spec import build_spec
+    from repint.flows.stages import boundaries_flow, centres_flow, ingest_flow
 
     cfg = tiny_config(160, 1, 20, runner="dask")
     cfg.runtime.chunk_size = 4  # 40 sign tasks per split
@@ -276,6 +277,7 @@ def test_a_dask_worker_killed_during_a_sign_task(prefect_harness, repint_cache, 
         cfg.runtime.dask_address = cluster.address
         spec = _with_model(build_spec(cfg, tmp_path / "out"))
         ingest_flow(spec)
+        centres_flow(spec)
         store = Path(spec.store)
         killed: dict = {}
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from repint.metrics import AverageDropIncrease, keep_count, keep_top_fraction, mask_images
+from repint.metrics import AverageDropIncrease, keep_count, keep_top_fraction, mask_images, softmax
 
 
 @pytest.mark.parametrize(("h", "w", "k"), [
@@ -154,3 +157,34 @@ def test_ad_ai_through_a_model_with_known_outputs():
     s = m.summary()
     assert s["AD"] == pytest.approx(8.50017007842739, rel=1e-5)
     assert s["AI"] == 50.0
+
+
+def test_softmax_by_hand():
+    np.testing.assert_array_equal(softmax(np.zeros((1, 4))), [[0.25] * 4])
+    np.testing.assert_allclose(softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]], rtol=1e-15)
+    # e^1 / (e^1 + e^0 + e^-1) etc., row by row
+    e = np.exp([1.0, 0.0, -1.0])
+    np.testing.assert_allclose(softmax(np.array([[1.0, 0.0, -1.0], [-1.0, 0.0, 1.0]])),
+                               [e / e.sum(), e[::-1] / e.sum()], rtol=1e-15)
+
+
+def test_softmax_is_stable_and_float64():
+    p = softmax(np.array([[1000.0, 1000.0, -1000.0]], np.float32))  # exp(1000) would overflow
+    assert p.dtype == np.float64
+    np.testing.assert_array_equal(p, [[0.5, 0.5, 0.0]])
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 6)),
+              elements=st.floats(-1e4, 1e4, width=32)))
+def test_softmax_properties(logits):
+    p = softmax(logits)
+    assert p.dtype == np.float64 and p.shape == logits.shape
+    assert ((p >= 0) & (p <= 1)).all()
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-12)
+    rows = np.arange(len(p))
+    assert (p[rows, logits.argmax(1)] == p.max(1)).all()  # the predicted class has the largest Y
+    # shifting each row so that its maximum is 0 is what softmax does first: the same numbers, bit for bit
+    np.testing.assert_array_equal(softmax(logits - logits.max(1, keepdims=True)), p)
+    np.testing.assert_allclose(p, torch.softmax(torch.from_numpy(logits.astype(np.float64)), 1).numpy(),
+                               rtol=1e-5, atol=1e-12)

@@ -125,7 +125,7 @@ def test_the_checkpoint_event_creates_a_reinterpret_run(server, deployed, tmp_pa
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, repint_cache):
     """A small digits config and its trained checkpoint."""
-    from repint.cli import main
+    from repint.app.cli import main
 
     folder = tmp_path_factory.mktemp("tiny")
     (folder / "tiny.yaml").write_text(tiny_yaml(folder / "model.pt"))

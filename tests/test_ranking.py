@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from repint.ranking import rank_similar, semantic_distance
+from repint.ranking import euclidean_neighbours, most_representative, rank_similar, semantic_distance
 
 # Boundaries W0 = (3, 4) (norm 5), W1 = (0, 2) (norm 2); ψ(x) = (1, 1): <W0, ψ(x)> = 7, <W1, ψ(x)> = 2.
 W = np.array([[3.0, 4.0], [0.0, 2.0]])
@@ -41,3 +41,18 @@ def test_rank_similar_ties_are_stable_and_feature_maps_flatten():
 def test_zero_boundary_contributes_nothing():
     w = np.vstack([W, np.zeros((1, 2))])
     np.testing.assert_allclose(semantic_distance(w, PSI_X, OTHERS), [1.8, 0.6, 0.0, 0.7], atol=1e-12)
+
+
+def test_euclidean_neighbours_by_hand():
+    # squared distances from image 2 at (0, 0): 25, 1, 0 (itself, excluded), 16, 4, 9, 1
+    pts = np.array([[5, 0], [1, 0], [0, 0], [0, 4], [2, 0], [0, 3], [0, 1]], dtype=np.float32)
+    for block in (1, 3, 7, 1024):  # read in blocks or at once: the same answer
+        assert euclidean_neighbours(pts, 2, top=4, block=block).tolist() == [1, 6, 4, 5]  # tie 1, 6: lowest first
+    assert euclidean_neighbours(pts.reshape(7, 1, 2, 1), 2, top=6).tolist() == [1, 6, 4, 5, 3, 0]
+    assert euclidean_neighbours(pts, 0, top=2).tolist() == [4, 1]  # from (5, 0): 9, 16, ...
+
+
+def test_most_representative_by_hand():
+    assert most_representative(np.array([3, 7, 7, 0, 5]), 3) == [1, 2, 4]  # ties: lowest id first
+    assert most_representative(np.array([3, 7]), 5) == [1, 0]
+    assert all(isinstance(c, int) for c in most_representative(np.array([1, 2]), 2))

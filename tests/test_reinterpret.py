@@ -19,7 +19,7 @@ def _tree(folder):  # noqa: ANN001, ANN202
 
 @pytest.fixture(scope="module")
 def history(prefect_harness, repint_cache, tmp_path_factory):
-    from repint.cli import main
+    from repint.app.cli import main
     from repint.flows.entry import reinterpret
 
     folder = tmp_path_factory.mktemp("reinterpret")

@@ -250,7 +250,7 @@ def test_config_route_expands_environment_variables(moto_server, tmp_path):
 
 
 def _spec(store: str, storage_options: dict, out_dir: str = "/tmp/out"):
-    from repint.tasks.common import RunSpec
+    from repint.tasks.runspec import RunSpec
 
     return RunSpec(store=store, storage_options=storage_options, out_dir=out_dir, dataset="digits", reference={},
                    unseen={}, model={}, interpretation={}, evaluation={}, runtime={"chunk_size": 64})
@@ -530,7 +530,7 @@ def test_credentials_never_leak(demo_runs, moto_server):
 @pytest.mark.slow
 def test_repint_run_reports_a_missing_bucket(demo_runs, moto_server, tmp_path, capsys):
     """`repint run` on a config whose bucket does not exist: one line saying what to do, exit code 2."""
-    from repint.cli import main
+    from repint.app.cli import main
 
     data = _demo_config(store="s3://no-such-bucket-repint/demo.zarr").model_dump(mode="json")
     data["storage_options"] = CONFIG_OPTIONS  # ${VAR}: expanded when `repint run` loads the file

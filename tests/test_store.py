@@ -58,7 +58,8 @@ def test_interrupted_ingest_is_not_trusted_and_resumes(tmp_path, repint_cache):
     run writes only the missing chunks, and the result equals an uninterrupted ingest."""
     from repint.flows.spec import build_spec
     from repint.tasks.centres import compute_centres
-    from repint.tasks.ingest import finish_stage, ingest_chunk, prepare_ingest
+    from repint.tasks.ingest import ingest_chunk, prepare_ingest
+    from repint.tasks.stages import finish_stage
     from repint.tasks.train import train_model
 
     cfg = Config()

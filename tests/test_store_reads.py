@@ -111,3 +111,14 @@ def test_reads_are_retried_on_transient_errors(store, monkeypatch):
     assert not store.all_zero("reference/features", CHUNK)
     assert failed
 
+
+def test_a_view_slices_through_the_store(store):
+    feats = store.read("reference/features")
+    view = store.view("reference/features")
+    assert view.shape == (N, 2, 1, 1) and len(view) == N
+    np.testing.assert_array_equal(view[3], feats[3])
+    np.testing.assert_array_equal(view[2:7], feats[2:7])
+    from repint.ranking import euclidean_neighbours
+
+    # ψ of image i is (2i, 2i+1): the nearest to image 4 are 3 and 5 (equal distance), then 2 and 6
+    assert euclidean_neighbours(view, 4, top=4, block=3).tolist() == [3, 5, 2, 6]

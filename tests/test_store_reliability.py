@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repint.cli import main
+from repint.app.cli import main
 from repint.signs import sign_bits
 from repint.storage import (
     FeatureStore,

@@ -63,7 +63,7 @@ def test_variants_beside_ri_and_case_studies(prefect_harness, repint_cache, tmp_
     assert (records.groupby("method").size() == summary["n_unseen"]).all()
     # the orientation variant shares the run's polytopes (same covered images), the Q variant has its own store
     main = FeatureStore(str(tmp_path / "store.zarr"), mode="r")
-    np.testing.assert_array_equal(main.read("evaluation/RI[orient=false]/covered"), main.read("evaluation/RI/covered"))
+    np.testing.assert_array_equal(main.read("evaluation/RI.orient-false/covered"), main.read("evaluation/RI/covered"))
     own = FeatureStore(str(tmp_path / "store-variant0.zarr"), mode="r")
     assert own.attrs["stages"]["boundaries"]["fingerprint"] != main.attrs["stages"]["boundaries"]["fingerprint"]
     for variant in names[2:]:

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from repint.config import Config, ConfigError
-from repint.methods import get_method, parse_variant, variant_name
+from repint.methods import get_method
 from repint.storage import FeatureStore
+from repint.variants import Variant
 
 overrides = st.fixed_dictionaries({}, optional={
     "q": st.integers(1, 10_000), "q_sampling": st.sampled_from(["reference-points", "boundary-search"]),
@@ -18,56 +19,78 @@ overrides = st.fixed_dictionaries({}, optional={
 
 
 @given(overrides)
-def test_variant_names_round_trip(over):
-    name = variant_name("RI", over)
-    assert parse_variant(name) == ("RI", over)
-    assert (name == "RI") == (not over)
+def test_variant_labels_round_trip_and_keys_are_safe_store_names(over):
+    v = Variant.of("RI", over)
+    assert Variant.parse(v.label) == v and v.settings == over
+    assert (v.label == "RI") == (not over) and (v.key == "RI") == (not over)
+    assert set(v.key) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 
 
-def test_variant_name_reads_like_the_config():
-    assert variant_name("RI", {"q_sampling": "boundary-search", "orient": False}) == \
-        "RI[q_sampling=boundary-search,orient=false]"
-    assert parse_variant("Grad-CAM++") == ("Grad-CAM++", {})
+@given(overrides, overrides)
+def test_different_variants_have_different_keys(a, b):
+    if a != b:
+        assert Variant.of("RI", a).key != Variant.of("RI", b).key
+
+
+def test_variant_label_reads_like_the_config():
+    v = Variant.of("RI", {"q_sampling": "boundary-search", "orient": False})
+    assert v.label == str(v) == "RI[q_sampling=boundary-search,orient=false]"
+    assert v.key == "RI.q_sampling-boundary-search.orient-false"
+    assert Variant.parse("Grad-CAM++") == Variant("Grad-CAM++") and Variant("Grad-CAM++").key == "Grad-CAM++"
     assert type(get_method("RI[orient=false]")).__name__ == "RI"
     with pytest.raises(ValueError, match="key=value"):
-        parse_variant("RI[orient]")
+        Variant.parse("RI[orient]")
     with pytest.raises(ValueError, match="Unknown method 'Nope'"):
         get_method("Nope[orient=false]")
 
 
-def test_config_rejects_variants_that_change_nothing_measured(tmp_path):
+def test_a_variant_runs_with_its_overrides_validated():
+    from repint.config import InterpretationConfig
+
+    base = InterpretationConfig(q=40, seed=3)
+    got = Variant.parse("RI[q=100,orient=false]").interpretation(base)
+    assert (got.q, got.orient, got.seed, got.q_sampling) == (100, False, 3, "reference-points")
+    assert Variant("RI").interpretation(base) is base
+    with pytest.raises(ValueError, match="q_sampling"):
+        Variant.parse("RI[q_sampling=nowhere]").interpretation(base)
+
+
+@pytest.mark.parametrize(("evaluation", "message"), [
+    ("methods: [RI, Grad-KAM]", "unknown method 'Grad-KAM'; available: .*Grad-CAM"),
+    ("methods: ['RI[seed=3]']", "a variant sets some of"),
+    ("variants: [{seed: 3}]", "evaluation.variants"),  # a variant that changes nothing measured
+    ("variants: [{q: 0}]", "greater than or equal to 1"),
+])
+def test_config_rejects_unknown_methods_and_variants(tmp_path, evaluation, message):
     from repint.config import load_config
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("evaluation:\n  variants: [{seed: 3}]\n")
-    with pytest.raises(ConfigError, match="evaluation.variants"):
-        load_config(cfg)
-    cfg.write_text("evaluation:\n  variants: [{q: 0}]\n")
-    with pytest.raises(ConfigError, match="greater than or equal to 1"):
+    cfg.write_text(f"evaluation:\n  {evaluation}\n")
+    with pytest.raises(ConfigError, match=message):
         load_config(cfg)
 
 
 def test_study_plans_orientation_on_the_run_store_and_q_variants_in_their_own(tmp_path):
-    from repint.flows.dag import run_spec, variant_plan
     from repint.flows.spec import build_spec
+    from repint.flows.studies import run_spec, variant_plan
 
     cfg = Config.model_validate({"data": {"kind": "digits", "limit": 60}, "evaluation": {
         "methods": ["RI", "Grad-CAM"], "variants": [{"q_sampling": "boundary-search"}, {"orient": False}]}})
     spec = build_spec(cfg, tmp_path / "out")
     main, own = variant_plan(spec)
-    assert main.evaluation["methods"] == ["RI", "Grad-CAM", "RI[orient=false]"]
+    assert main.evaluation.methods == ["RI", "Grad-CAM", "RI[orient=false]"]
     assert main.store == spec.store
     (v,) = own
-    assert v.evaluation["methods"] == ["RI[q_sampling=boundary-search]"]
-    assert v.interpretation["q_sampling"] == "boundary-search" and v.store.endswith("store-variant0.zarr")
+    assert v.evaluation.methods == ["RI[q_sampling=boundary-search]"]
+    assert v.interpretation.q_sampling == "boundary-search" and v.store.endswith("store-variant0.zarr")
     r2 = run_spec(v, 2, 5)
-    assert r2.store.endswith("store-variant0-run2.zarr") and r2.interpretation["seed"] == 2
+    assert r2.store.endswith("store-variant0-run2.zarr") and r2.interpretation.seed == 2
     assert r2.out_dir.endswith("variant-0/run-2")
 
 
 def test_runs_resample_a_per_class_reference_set(tmp_path):
-    from repint.flows.dag import run_spec
-    from repint.tasks.common import RunSpec
+    from repint.flows.studies import run_spec
+    from repint.tasks.runspec import RunSpec
 
     base = dict(store=str(tmp_path / "s.zarr"), out_dir=str(tmp_path), dataset="d", unseen={}, model={},
                 evaluation={}, runtime={}, storage_options={}, interpretation={"seed": 7})

@@ -11,10 +11,9 @@ from repint.methods.base import (
     Method,
     available_methods,
     get_method,
-    parse_variant,
+    paper_methods,
     register,
-    variant_name,
 )
 
-__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "parse_variant",
-           "register", "variant_name"]
+__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "paper_methods",
+           "register"]

@@ -167,6 +167,7 @@ class ACE(Method):
     """Concepts of the interpretation's cluster; importance by TCAV; masks of whole segments."""
 
     name = "ACE"
+    paper_order = 4
     version = 2  # channel means, SGD CAVs, one random set per run
     needs_cluster = True
     n_concepts = 25
@@ -231,28 +232,51 @@ class ACE(Method):
         return {"concepts": np.asarray(centres, np.float32).reshape(-1, dim), "radii": np.asarray(radii, float),
                 "importance": np.asarray(scores, float)}
 
+    def _segments_in_order(self, interpretation: dict[str, np.ndarray],
+                           images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image, its segments' masks ``[s, H, W]`` and the order in which they are kept: by the
+        importance of their nearest concept, in-radius segments before outliers, nearer ones first."""
+        concepts, radii, importance = (interpretation[k] for k in ("concepts", "radii", "importance"))
+        rank = np.empty(len(importance), dtype=np.int64)
+        rank[np.argsort(-importance, kind="stable")] = np.arange(len(importance))
+        if not len(concepts):
+            return [(np.zeros((0, *images.shape[-2:]), bool), np.zeros(0, dtype=np.int64))] * len(images)
+        out = []
+        for masks, acts in self.segment_activations(images):
+            if not len(masks):
+                out.append((masks, np.zeros(0, dtype=np.int64)))
+                continue
+            d = np.linalg.norm(acts[:, None, :] - concepts[None], axis=2)
+            nearest = d.argmin(1)
+            outlier = d[np.arange(len(masks)), nearest] > radii[nearest]
+            out.append((masks, np.lexsort((d[np.arange(len(masks)), nearest], rank[nearest], outlier))))
+        return out
+
     def heatmaps(self, interpretation: dict[str, np.ndarray], images: np.ndarray,
                  features: np.ndarray) -> np.ndarray:
-        raise NotImplementedError("ACE interprets with whole segments, not heat maps: use keep_masks.")
+        """Each segment painted by its place in the keeping order: ``1 - i / s`` for the ``i``-th of ``s``
+        segments (the segment kept first is 1), 0 where no segment is; thresholding it keeps whole
+        segments in :meth:`keep_masks`' order."""
+        out = np.zeros((len(images), *images.shape[-2:]), dtype=np.float32)
+        for j, (masks, order) in enumerate(self._segments_in_order(interpretation, images)):
+            for i, s in enumerate(order[::-1]):  # the first kept is painted last, over any overlap
+                out[j][masks[s]] = (i + 1) / len(order)
+        return out
 
     def keep_masks(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
                    fraction: float = 0.2) -> np.ndarray:
         """Whole segments of each image, by the importance of their concept, until more than
         ``fraction`` of the pixels are kept (in-radius segments first, then the outliers)."""
-        concepts, radii, importance = (interpretation[k] for k in ("concepts", "radii", "importance"))
-        rank = np.empty(len(importance), dtype=np.int64)
-        rank[np.argsort(-importance, kind="stable")] = np.arange(len(importance))
         out = np.zeros((len(images), *images.shape[-2:]), dtype=bool)
-        if not len(concepts):
-            return out
-        for j, (masks, acts) in enumerate(self.segment_activations(images)):
-            if not len(masks):
-                continue
-            d = np.linalg.norm(acts[:, None, :] - concepts[None], axis=2)
-            nearest = d.argmin(1)
-            outlier = d[np.arange(len(masks)), nearest] > radii[nearest]
-            for s in np.lexsort((d[np.arange(len(masks)), nearest], rank[nearest], outlier)):
+        for j, (masks, order) in enumerate(self._segments_in_order(interpretation, images)):
+            for s in order:
                 out[j] |= masks[s]
                 if out[j].mean() > fraction:
                     break
         return out
+
+    def shown_maps(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
+                   fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """ACE keeps whole segments: a figure shows its keep-masks as its maps."""
+        keep = self.keep_masks(interpretation, images, features, fraction)
+        return keep.astype(np.float32), keep

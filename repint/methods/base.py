@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
 
 from repint.heatmaps import cam_maps
 from repint.metrics import keep_top_fraction
+from repint.registry import Registry
 
-__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "parse_variant", "register",
-           "variant_name"]
+__all__ = ["METHODS", "CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "paper_methods",
+           "register"]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Method(ABC):
     version: ClassVar[int] = 1  # part of the stored interpretations' fingerprint: bump when results change
     needs_cluster: ClassVar[bool] = False  # interpret() needs the cluster's images (ACE)
     uses_polytope: ClassVar[bool] = False  # interpret() needs P(x); reused on the images P(x) covers (RI)
+    paper_order: ClassVar[int | None] = None  # its column in the paper's Table 1 (None: not the paper's)
     model: nn.Module | None = None
     layer: str = ""
 
@@ -69,6 +71,12 @@ class Method(ABC):
         """Boolean ``[n, H, W]`` masks of the pixels kept for the AD/AI evaluation."""
         return keep_top_fraction(self.heatmaps(interpretation, images, features), fraction)
 
+    def shown_maps(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
+                   fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """What a figure shows of the interpretation on ``images``: its heat maps and keep-masks."""
+        maps = self.heatmaps(interpretation, images, features)
+        return maps, keep_top_fraction(maps, fraction)
+
 
 class CAMMethod(Method):
     """A method whose interpretation is channel weights ``α`` ``[P, K]`` reused on every image."""
@@ -85,59 +93,27 @@ class CAMMethod(Method):
         return cam_maps(interpretation["channel_weights"], features, size=images.shape[-2:])
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def available_methods() -> list[str]:
-    return list(_REGISTRY)
+    """Every registered method, in registration order."""
+    return METHODS.names()
 
 
-def _value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return int(low)
-    except ValueError:
-        return text.strip()
-
-
-def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
-    """``"RI[orient=false,q=100]"`` -> ``("RI", {"orient": False, "q": 100})``; a plain name has no overrides.
-
-    A variant is a registered method run with other ``interpretation`` settings (method.md's variants),
-    reported under its own name beside the method.
-    """
-    if not name.endswith("]") or "[" not in name:
-        return name, {}
-    base, _, inner = name[:-1].partition("[")
-    overrides = {}
-    for part in filter(None, inner.split(",")):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ValueError(f"Method variant {name!r}: expected key=value inside [...], got {part!r}.")
-        overrides[key.strip()] = _value(value)
-    return base, overrides
-
-
-def variant_name(base: str, overrides: dict[str, Any]) -> str:
-    """The inverse of :func:`parse_variant`: ``("RI", {"orient": False})`` -> ``"RI[orient=false]"``."""
-    if not overrides:
-        return base
-    text = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
-    return f"{base}[{text}]"
+def paper_methods() -> list[str]:
+    """The methods of the paper's Table 1 (RI and its four baselines), in its order."""
+    ranked = [(cls.paper_order, name) for name, cls in METHODS.items() if cls.paper_order is not None]
+    return [name for _, name in sorted(ranked)]
 
 
 def get_method(name: str) -> Method:
-    """A fresh instance of the registered method ``name`` (a variant name gives its base method)."""
-    base, _ = parse_variant(name)
-    try:
-        return _REGISTRY[base]()
-    except KeyError:
-        raise ValueError(f"Unknown method {base!r}; available: {', '.join(_REGISTRY)}.") from None
+    """A fresh instance of the registered method ``name`` (a variant's label gives its base method)."""
+    from repint.variants import Variant
+
+    return METHODS.get(Variant.parse(name).base)()

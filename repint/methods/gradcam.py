@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -84,9 +85,16 @@ def layer_activations_batch(model: torch.nn.Module, layer: str, images: np.ndarr
     return torch.cat(out).numpy() if out else np.zeros((0,), np.float32)
 
 
-@register
-class GradCAM(CAMMethod):
-    name = "Grad-CAM"
+class LibraryCAM(CAMMethod):
+    """A CAM method of the ``grad-cam`` package: its channel weights at the input image, reused on
+    other images. A subclass names the package's class (``cam_class``)."""
+
+    cam_class: ClassVar[type[BaseCAM]]
 
     def channel_weights(self, inp: InterpretationInput) -> np.ndarray:
-        return cam_weights_at_input(_GradCAM, inp)
+        return cam_weights_at_input(self.cam_class, inp)
+
+
+@register
+class GradCAM(LibraryCAM):
+    name, paper_order, cam_class = "Grad-CAM", 1, _GradCAM

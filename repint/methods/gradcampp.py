@@ -7,16 +7,12 @@ computed with the ``grad-cam`` package and reused on other images."""
 
 from __future__ import annotations
 
-import numpy as np
 from pytorch_grad_cam import GradCAMPlusPlus as _GradCAMPlusPlus
 
-from repint.methods.base import CAMMethod, InterpretationInput, register
-from repint.methods.gradcam import cam_weights_at_input
+from repint.methods.base import register
+from repint.methods.gradcam import LibraryCAM
 
 
 @register
-class GradCAMPlusPlus(CAMMethod):
-    name = "Grad-CAM++"
-
-    def channel_weights(self, inp: InterpretationInput) -> np.ndarray:
-        return cam_weights_at_input(_GradCAMPlusPlus, inp)
+class GradCAMPlusPlus(LibraryCAM):
+    name, paper_order, cam_class = "Grad-CAM++", 2, _GradCAMPlusPlus

@@ -13,6 +13,7 @@ class RI(CAMMethod):
     """``α_k`` of each boundary of ``P(x)``, oriented at ``ψ(x)``; the map is the mean over boundaries."""
 
     name = "RI"
+    paper_order = 0
     uses_polytope = True
 
     def channel_weights(self, inp: InterpretationInput) -> np.ndarray:

@@ -35,6 +35,7 @@ def score_cam_weights(model: torch.nn.Module, image: np.ndarray, activations: np
 @register
 class ScoreCAM(CAMMethod):
     name = "Score-CAM"
+    paper_order = 3
     batch_size = 64
 
     def channel_weights(self, inp: InterpretationInput) -> np.ndarray:

@@ -1,0 +1,32 @@
+"""Progress of a stage's tasks: a Prefect progress artifact (the UI) and a terminal progress bar."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture, as_completed
+from tqdm import tqdm
+
+__all__ = ["track"]
+
+
+def track(futures: Sequence[PrefectFuture], key: str, description: str) -> list[Any]:
+    """Wait for ``futures`` while moving a Prefect progress artifact and a terminal progress bar."""
+    if not futures:
+        return []
+    total = len(futures)
+    key = re.sub(r"[^a-z0-9-]+", "-", key.lower().replace("+", "p"))  # Prefect artifact keys: [a-z0-9-]
+    art = create_progress_artifact(progress=0.0, key=key, description=description)
+    results, step = [], max(1, total // 20)
+    with tqdm(total=total, desc=description, file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        for i, fut in enumerate(as_completed(futures), 1):
+            results.append(fut.result())
+            bar.update(1)
+            if i % step == 0 or i == total:
+                update_progress_artifact(art, progress=100.0 * i / total)
+    return results

@@ -1,0 +1,116 @@
+r"""Which interpretation an unseen image gets: the reuse of interpretations on unseen images.
+
+For an unseen image ``e`` with features ``ψ(e)``, sign bits ``s(e)`` over the boundaries and predicted
+class ``Class(e)``, and centres ``c_v`` of the interpretations ``V`` with polytopes
+``P_v = {(h, o_{v,h})}`` (boundary ids and the input's side of each) and predicted classes
+``Class(v)``:
+
+.. math::
+
+    d(e, v) = \lVert ψ(e) - c_v \rVert^2, \qquad
+    \mathrm{nearest}(e) = \arg\min_v d(e, v)
+
+    \mathrm{cover}(e, v) = \Big[\bigwedge_{(h, o) \in P_v} s_h(e) = o\Big]
+                          \wedge \big[\mathrm{Class}(e) = \mathrm{Class}(v)\big]
+
+    \mathrm{RI}(e) = \begin{cases} \arg\min_{v : \mathrm{cover}(e, v)} d(e, v) & \exists v : \mathrm{cover}(e, v) \\
+                     \mathrm{nearest}(e) & \text{otherwise (the fallback)} \end{cases}
+
+RI's methods reuse the interpretation ``RI(e)``; the baselines reuse ``nearest(e)``. Ties of ``argmin``
+go to the lowest centre index. An empty polytope covers every image of its centre's class.
+
+What an image no polytope covers gets is a *fallback rule*, registered by name like the methods
+(``evaluation.fallback``): ``nearest`` (the rule above: the paper's and the authors' code) or
+``nearest-same-class``, :math:`\arg\min_{v : \mathrm{Class}(v) = \mathrm{Class}(e)} d(e, v)` (the nearest
+centre whose input has the image's predicted class; ``nearest`` where no centre has it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from repint.centres import squared_distances
+from repint.registry import Registry
+
+__all__ = ["FALLBACKS", "Assignment", "assign", "fallbacks", "polytope_cover", "register_fallback"]
+
+#: ``rule(dist [n, V], predictions [n], centre_class [V]) -> [n]`` centre of each image
+FallbackRule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+FALLBACKS: Registry[FallbackRule] = Registry("fallback rule")
+register_fallback = FALLBACKS.register  #: decorator adding a fallback rule under a name
+fallbacks = FALLBACKS.names  #: the registered rules (the first is the default)
+
+
+@register_fallback("nearest")
+def _nearest(dist: np.ndarray, predictions: np.ndarray, centre_class: np.ndarray) -> np.ndarray:
+    return np.argmin(dist, axis=1)
+
+
+@register_fallback("nearest-same-class")
+def _nearest_same_class(dist: np.ndarray, predictions: np.ndarray, centre_class: np.ndarray) -> np.ndarray:
+    same = predictions[:, None] == centre_class[None, :]
+    return np.where(same.any(1), np.argmin(np.where(same, dist, np.inf), axis=1), np.argmin(dist, axis=1))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """``nearest`` ``[n]`` (nearest centre), ``ri_centre`` ``[n]`` (RI's centre), ``ri_covered`` ``[n]``
+    (some polytope of the image's class covers it: ``ri_centre`` is not the fallback) and ``cover``
+    ``[n, V]`` (``cover(e, v)`` of the module docstring, class included)."""
+
+    nearest: np.ndarray
+    ri_centre: np.ndarray
+    ri_covered: np.ndarray
+    cover: np.ndarray
+
+
+def polytope_cover(signs: np.ndarray, polytope_boundaries: np.ndarray,
+                   polytope_orientation: np.ndarray) -> np.ndarray:
+    r"""Boolean ``[n, V]``: image ``e`` lies in polytope ``v``,
+    :math:`\bigwedge_k s_{b_{v,k}}(e) = o_{v,k}` over the entries ``b_{v,k} >= 0``.
+
+    ``signs`` ``[n, M]`` are the unpacked sign bits over all ``M`` boundaries; ``polytope_boundaries``
+    ``[V, K]`` are boundary ids padded with ``-1`` and ``polytope_orientation`` ``[V, K]`` the sides.
+    """
+    signs = np.asarray(signs)
+    ids, orient = np.asarray(polytope_boundaries), np.asarray(polytope_orientation)
+    if signs.ndim != 2:
+        raise ValueError(f"signs must be an n x M matrix of sign bits, got shape {signs.shape}.")
+    if ids.ndim != 2 or orient.shape != ids.shape:
+        raise ValueError(f"polytope_boundaries {ids.shape} and polytope_orientation {orient.shape} must be the "
+                         "same V x K shape.")
+    cov = np.zeros((len(signs), len(ids)), dtype=bool)
+    for v in range(len(ids)):
+        k = ids[v] >= 0
+        cov[:, v] = (signs[:, ids[v][k]] == orient[v][k]).all(axis=1)
+    return cov
+
+
+def assign(features: np.ndarray, centres: np.ndarray, signs: np.ndarray, polytope_boundaries: np.ndarray,
+           polytope_orientation: np.ndarray, predictions: np.ndarray, centre_class: np.ndarray,
+           fallback: str = "nearest") -> Assignment:
+    """Assign each of ``n`` unseen images to an interpretation by the rule of the module docstring.
+
+    ``features`` ``[n, ...]`` and ``centres`` ``[V, ...]`` (flattened; distances in float64), ``signs``
+    ``[n, M]`` boolean, ``polytope_boundaries`` / ``polytope_orientation`` ``[V, K]`` (ids padded with
+    ``-1``), ``predictions`` ``[n]`` and ``centre_class`` ``[V]`` predicted classes; ``fallback``
+    names the rule (:func:`fallbacks`) for images no polytope covers.
+    """
+    rule = FALLBACKS.get(fallback)
+    predictions, centre_class = np.asarray(predictions), np.asarray(centre_class)
+    if len(features) != len(signs) or predictions.shape != (len(features),):
+        raise ValueError(f"features ({len(features)}), signs ({len(signs)}) and predictions {predictions.shape} "
+                         "must have one row per unseen image.")
+    if centre_class.shape != (len(centres),) or len(polytope_boundaries) != len(centres):
+        raise ValueError(f"centres ({len(centres)}), centre_class {centre_class.shape} and polytope_boundaries "
+                         f"({len(polytope_boundaries)}) must have one row per centre.")
+    dist = squared_distances(features, centres)
+    nearest = np.argmin(dist, axis=1)
+    cov = polytope_cover(signs, polytope_boundaries, polytope_orientation) & (predictions[:, None] == centre_class)
+    covered = cov.any(1)
+    ri = np.where(covered, np.argmin(np.where(cov, dist, np.inf), axis=1),
+                  rule(dist, predictions, centre_class))
+    return Assignment(nearest=nearest, ri_centre=ri, ri_covered=covered, cover=cov)
