@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.data.kind == "imagefolder":
         ref_spec, uns_spec = {**ref_spec, "per_class": None}, {**uns_spec, "per_class": None}
     meta = train_model.fn(ref_spec, uns_spec, cfg.model.architecture, cfg.data.image_size, tuple(mean),
-                          tuple(std), cfg.train.model_dump(), checkpoint=ckpt, device=cfg.runtime.device)
+                          tuple(std), cfg.train, checkpoint=ckpt, device=cfg.runtime.device)
     print(json.dumps({k: meta[k] for k in ("checkpoint", "train_accuracy", "test_accuracy", "train_seconds")
                       if k in meta}, indent=2))
     if os.environ.get("PREFECT_API_URL") and not args.no_event:

@@ -27,7 +27,7 @@ def with_default_model(spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
         return spec, {}
     m = spec.model
     meta = train_model(spec.reference, spec.unseen, m["architecture"], m["image_size"], tuple(m["mean"]),
-                       tuple(m["std"]), spec.train.model_dump(), device=spec.runtime.device)
+                       tuple(m["std"]), spec.train, device=spec.runtime.device)
     model = {**m, "checkpoint": meta["checkpoint"], "checkpoint_sha256": file_sha256(meta["checkpoint"])}
     return spec.model_copy(update={"model": model}), meta
 

@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from repint.flows.progress import track
 from repint.flows.runners import preflight_cluster
-from repint.storage.layout import SPLITS
+from repint.storage.layout import EVALUATE, INGEST, INTERPRET, POLYTOPES, SIGNS, SPLITS
 from repint.tasks.boundaries import prepare_signs, sample_boundaries, sign_chunk
 from repint.tasks.centres import compute_centres
 from repint.tasks.evaluate import assign_unseen, evaluate_chunk, prepare_evaluation, summarise_evaluation
@@ -44,7 +44,7 @@ def ingest_flow(spec: RunSpec) -> dict[str, int]:
     counts = {}
     for split in SPLITS:
         info = prepare_ingest(spec, split)
-        run_units(spec, f"ingest-{split}", info["pending"], ingest_chunk, split, description=f"ingest {split}")
+        run_units(spec, INGEST.of(split).name, info["pending"], ingest_chunk, split, description=f"ingest {split}")
         counts[split] = info["n"]
     return counts
 
@@ -63,14 +63,15 @@ def boundaries_flow(spec: RunSpec) -> dict[str, int]:
         preflight_cluster(spec)  # the store exists now (ingest made it); workers must import repint and reach it
     info = sample_boundaries(spec)
     for split in SPLITS:
-        run_units(spec, f"signs-{split}", prepare_signs(spec, split), sign_chunk, split, description=f"signs {split}")
+        run_units(spec, SIGNS.of(split).name, prepare_signs(spec, split), sign_chunk, split,
+                  description=f"signs {split}")
     return info
 
 
 @flow(name="interpret", flow_run_name="interpret-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def interpret_flow(spec: RunSpec) -> list[dict]:
     """One greedy solve (Algorithm 1) per centre."""
-    return run_units(spec, "polytopes", prepare_polytopes(spec), solve_centre, description="solve polytopes",
+    return run_units(spec, POLYTOPES.of().name, prepare_polytopes(spec), solve_centre, description="solve polytopes",
                      key="solve")
 
 
@@ -80,9 +81,9 @@ def evaluate_flow(spec: RunSpec) -> dict[str, dict]:
     assign_unseen(spec)
     results = {}
     for method in spec.methods:
-        run_units(spec, f"interpret-{method.key}", prepare_interpretations(spec, method), interpret_centre, method,
+        run_units(spec, INTERPRET.of(method.key).name, prepare_interpretations(spec, method), interpret_centre, method,
                   description=f"interpret {method}")
-        run_units(spec, f"evaluate-{method.key}", prepare_evaluation(spec, method), evaluate_chunk, method,
+        run_units(spec, EVALUATE.of(method.key).name, prepare_evaluation(spec, method), evaluate_chunk, method,
                   description=f"evaluate {method}")
         results[method.label] = summarise_evaluation(spec, method)
     return results

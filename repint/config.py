@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from repint.assignment import fallbacks
 from repint.methods import available_methods, paper_methods
+from repint.metrics import KEEP_FRACTION
 from repint.qsampling import q_samplers
 from repint.variants import VARIANT_KEYS, Variant
 
@@ -86,7 +87,7 @@ class InterpretationConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["RI", "Grad-CAM"])
-    keep_fraction: float = Field(0.2, gt=0, lt=1)
+    keep_fraction: float = Field(KEEP_FRACTION, gt=0, lt=1)
     fallback: Fallback = Field(fallbacks()[0], description="what RI reuses on an unseen image no polytope "  # type: ignore[valid-type]
                                "covers: " + ", ".join(fallbacks()) + " (repint.assignment)")
     case_studies: int = Field(3, ge=0)
@@ -99,6 +100,9 @@ class EvaluationConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _check_methods(cls, value: list[str]) -> list[str]:
+        """Registered methods, variants of them with valid settings; written as their labels
+        (``RI[orient=False]`` is ``RI[orient=false]``), each once."""
+        out: list[str] = []
         for label in value:
             variant = Variant.parse(label)
             if variant.base not in available_methods():
@@ -106,7 +110,13 @@ class EvaluationConfig(_Strict):
             unknown = {k for k, _ in variant.overrides} - set(VARIANT_KEYS)
             if unknown:
                 raise ValueError(f"{label!r}: a variant sets some of {list(VARIANT_KEYS)}, not {sorted(unknown)}")
-        return value
+            try:
+                variant.interpretation(InterpretationConfig())
+            except ValidationError as exc:
+                raise ValueError(f"{label!r}: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+            if variant.label not in out:
+                out.append(variant.label)
+        return out
 
     @field_validator("variants")
     @classmethod
@@ -172,6 +182,15 @@ class Config(_Strict):
     @classmethod
     def _expand_env(cls, value: Any) -> Any:
         return expand_env(value) if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _q_variants_have_their_own_store(self) -> Config:
+        for label in self.evaluation.methods:
+            changed = ", ".join(f"{k}: {v}" for k, v in Variant.parse(label).overrides if k in ("q", "q_sampling"))
+            if changed:
+                raise ValueError(f"evaluation.methods: {label!r} changes Q, which needs a store of its own: list it "
+                                 f"under evaluation.variants instead (variants: [{{{changed}}}])")
+        return self
 
 
 def demo_config() -> Config:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["AverageDropIncrease", "keep_count", "keep_top_fraction", "mask_images", "softmax"]
+__all__ = ["KEEP_FRACTION", "AverageDropIncrease", "keep_count", "keep_top_fraction", "mask_images", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -31,12 +31,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def keep_count(height: int, width: int, fraction: float = 0.2) -> int:
+#: the share of pixels an interpretation keeps for the AD/AI evaluation (the paper's 20%); the default
+#: of ``evaluation.keep_fraction`` and of the core functions below
+KEEP_FRACTION = 0.2
+
+
+def keep_count(height: int, width: int, fraction: float = KEEP_FRACTION) -> int:
     """``round(fraction · H · W)`` with halves rounded up."""
     return int(np.floor(fraction * height * width + 0.5))
 
 
-def keep_top_fraction(maps: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+def keep_top_fraction(maps: np.ndarray, fraction: float = KEEP_FRACTION) -> np.ndarray:
     """Boolean keep-masks ``[n, H, W]``: exactly ``keep_count`` highest pixels per map, ties by index."""
     maps = np.asarray(maps)
     n, h, w = maps.shape

@@ -136,19 +136,13 @@ class Stage:
             return math.ceil(sizes["N"] / sizes["chunk"]) if sizes["N"] else 0
         return int(sizes["V"]) if self.kind.units == "V" else 1
 
-    def resolve(self, dims: tuple[Dim, ...], sizes: Mapping[str, int], *,
-                within: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """Symbolic dimensions as numbers (derived ones too, :func:`derived_sizes`). ``within``: the
-        array's shape, for chunks: each chunk length is clipped to ``[1, dimension]`` (a chunk is
-        never longer than its array, nor empty)."""
+    def resolve(self, dims: tuple[Dim, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """Symbolic dimensions as numbers (derived ones too, :func:`derived_sizes`)."""
         known = derived_sizes(sizes)
         missing = [d for d in dims if isinstance(d, str) and d not in known]
         if missing:
             raise KeyError(f"stage {self.name!r}: no size given for {', '.join(missing)} (sizes: {sorted(known)})")
-        out = tuple(d if isinstance(d, int) else int(known[d]) for d in dims)
-        if within is not None:
-            out = tuple(max(1, min(c, s)) for c, s in zip(out, within, strict=True))
-        return out
+        return tuple(d if isinstance(d, int) else int(known[d]) for d in dims)
 
 
 def derived_sizes(sizes: Mapping[str, int]) -> dict[str, int]:

@@ -202,19 +202,38 @@ class FeatureStore:
         record = {"fingerprint": fingerprint, "complete": False, "epoch": epoch}
         self._set_stage(f"starting stage {stage}", stage, lambda cur: record)
 
+    def drop_stage(self, stage: str, paths: Iterable[str]) -> bool:
+        """Forget ``stage``: its record first (a crash in between leaves arrays no stage vouches for,
+        never a stage without its arrays), then ``paths`` and its completion records. False when the
+        store holds none of them."""
+        paths = [*paths, f"_done/{stage}"]
+        if stage not in self.root.attrs.get("stages", {}) and not any(p in self.root for p in paths):
+            return False
+        self._update_root(f"forgetting stage {stage}", lambda attrs: {
+            "stages": {k: v for k, v in attrs.get("stages", {}).items() if k != stage}})
+
+        def delete() -> None:
+            for path in paths:
+                if path in self.root:
+                    del self.root[path]
+
+        self._retry(f"deleting the arrays of stage {stage}", delete)
+        return True
+
     def prepare(self, stage: Stage, fingerprint: str, sizes: Mapping[str, int]) -> list[int]:
         """Start or resume ``stage`` for inputs of ``fingerprint`` and return its pending units
         (``[]`` when it is complete for them). Creates every array the layout declares for units to
-        fill (``per_unit``), its shape and chunks from ``sizes`` (``{"N": ..., "chunk": ...}``; chunk
-        lengths clipped to the array's), its dtype, fill value and codec (:data:`FAST_COMPRESSORS`
-        for the bulk features); a reset stage first loses its :attr:`Stage.reset_paths`."""
+        fill (``per_unit``), its shape and chunks from ``sizes`` (``{"N": ..., "chunk": ...}``; a chunk
+        may be longer than its array, as ``runtime.chunk_size`` images are for a small set), its dtype,
+        fill value and codec (:data:`FAST_COMPRESSORS` for the bulk features); a reset stage first
+        loses its :attr:`Stage.reset_paths`."""
         if self.stage_complete(stage.name, fingerprint):
             return []
         self.begin_stage(stage.name, fingerprint, stage.n_units(sizes), arrays=stage.reset_paths)
         for path, spec in stage.arrays:
             if spec.per_unit:
                 shape = stage.resolve(spec.shape, sizes)
-                chunks = stage.resolve(spec.chunks, sizes, within=shape) if spec.chunks is not None else None
+                chunks = stage.resolve(spec.chunks, sizes) if spec.chunks is not None else None
                 self.require(path, shape, spec.dtype, chunks, fill_value=spec.fill_value,
                              compressors=FAST_COMPRESSORS if spec.fast else "auto")
         return self.pending_units(stage.name)

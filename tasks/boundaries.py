@@ -70,7 +70,7 @@ def stored_boundaries(store) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     for its later chunks, keyed by the store's id and the boundaries stage's fingerprint and epoch:
     a recreated store or resampled boundaries are read afresh. Reading ``W`` ([|Q|, D]) cost about as
     much as the chunk's product itself (``repint bench``, docs/scaling.md)."""
-    info = store.attrs.get("stages", {}).get("boundaries", {})
+    info = store.attrs.get("stages", {}).get(BOUNDARIES.of().name, {})
     key = (store.store_id, str(info.get("fingerprint")), info.get("epoch"))
     with _BOUNDARIES_LOCK:
         hit = _BOUNDARIES.get(key)
@@ -87,7 +87,7 @@ def stored_boundaries(store) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
 
 
 @task(name="sign-chunk", task_run_name="signs-{split}-{chunk}", retries=2, retry_delay_seconds=1,
-      cache_key_fn=unit_key("signs-{split}"))
+      cache_key_fn=unit_key(SIGNS, "split"))
 def sign_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     """Packed sign bits of one chunk of images against every boundary, read from and written to
     the store."""

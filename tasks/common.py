@@ -14,7 +14,9 @@ from repint.data import ImageSource, source_from_spec
 from repint.model import Classifier, SplitModel, example_input, split_model
 from repint.nets import load_network, resolve_device
 from repint.storage import FeatureStore
+from repint.storage.layout import StageKind
 from repint.tasks.runspec import RunSpec
+from repint.variants import Variant
 
 __all__ = ["build_split", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
 
@@ -74,22 +76,24 @@ def device(spec: RunSpec) -> torch.device:
     return resolve_device(spec.runtime.device)
 
 
-def unit_key(stage: str) -> Any:
-    """A Prefect ``cache_key_fn``: the store's identity, the stage's input fingerprint and epoch, and
-    the unit.
+def unit_key(kind: StageKind, key: str | None = None) -> Any:
+    """A Prefect ``cache_key_fn`` for the units of one kind of stage (the stage named by the task's
+    parameter ``key``: ``split``, or ``method`` whose store key is used): the store's identity, the
+    stage's input fingerprint and epoch, and the unit.
 
     A store that is deleted and recreated gets a new ``store_id``, changed inputs give a new stage
     fingerprint, and a stage that is reset for any reason gets a new epoch, so no cache entry is
     trusted for a unit whose data is not in the store."""
 
-    def key(context: Any, parameters: dict[str, Any]) -> str | None:
+    def cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         spec = parameters["spec"]
         spec = spec if isinstance(spec, RunSpec) else RunSpec.model_validate(spec)
         try:
             attrs = open_store(spec, mode="r").attrs
         except Exception:
             return None
-        stage_name = stage.format(**parameters)
+        value = parameters[key] if key else None
+        stage_name = kind.of(value.key if isinstance(value, Variant) else value).name
         info = attrs.get("stages", {}).get(stage_name)
         if not info:
             return None
@@ -97,7 +101,7 @@ def unit_key(stage: str) -> Any:
         return "-".join([context.task.name, attrs["store_id"], stage_name, info["fingerprint"],
                          str(info.get("epoch")), *unit])
 
-    return key
+    return cache_key
 
 
 def batched_forward(module: torch.nn.Module, x: np.ndarray, batch_size: int, dev: torch.device) -> np.ndarray:

@@ -28,7 +28,12 @@ from repint.drift import align_covers, compared_images, jaccard_matrix, match_ce
 from repint.methods import get_method
 from repint.metrics import AverageDropIncrease
 from repint.storage import FeatureStore
-from repint.storage.layout import INGEST
+from repint.storage.layout import CENTRES, EVALUATE, INGEST, POLYTOPES
+
+RI_EVALUATION = EVALUATE.of("RI")
+REFERENCE = INGEST.of("reference")
+POLYTOPE = POLYTOPES.of()
+CENTRE = CENTRES.of()
 
 __all__ = ["covered_ids", "drift_markdown", "drift_report"]
 
@@ -37,24 +42,24 @@ MAX_IMAGES = 32  # heat maps compared per centre pair
 
 def covered_ids(store: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
     """Reference ids and the boolean ``[V, N]`` cover of each polytope."""
-    ids = np.array([str(i) for i in store.read("reference/ids")])  # zarr 3 reads strings as StringDType
-    return ids, store.read("polytopes/covered").astype(bool)
+    ids = np.array([str(i) for i in store.read(REFERENCE["ids"])])  # zarr 3 reads strings as StringDType
+    return ids, store.read(POLYTOPE["covered"]).astype(bool)
 
 
 def _ri_maps(store: FeatureStore, centre: int, rows: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from repint.tasks.interpret import load_interpretation
 
-    feats = store.read_rows(INGEST.of("reference")["features"], rows)
+    feats = store.read_rows(REFERENCE["features"], rows)
     dummy = np.zeros((len(rows), 1, *size), np.float32)  # heat maps only need the image size
     return get_method("RI").heatmaps(load_interpretation(store, "RI", centre), dummy, feats)
 
 
 def _centre_scores(store: FeatureStore) -> dict[int, dict[str, float]]:
     """RI's AD / AI per centre over the unseen images assigned to it."""
-    if "evaluation/RI/centre" not in store:
+    if RI_EVALUATION["centre"] not in store:
         return {}
-    centre = store.read("evaluation/RI/centre")
-    y, ym = store.read("evaluation/RI/y"), store.read("evaluation/RI/y_masked")
+    centre = store.read(RI_EVALUATION["centre"])
+    y, ym = store.read(RI_EVALUATION["y"]), store.read(RI_EVALUATION["y_masked"])
     out = {}
     for v in np.unique(centre):
         m = AverageDropIncrease()
@@ -76,10 +81,10 @@ def drift_report(prev: FeatureStore, new: FeatureStore, image_size: int, prev_me
     ids_n, cov_n = covered_ids(new)
     aligned = align_covers(ids_n, cov_n, ids_p, cov_p)
     jac = jaccard_matrix(aligned.new, aligned.prev)
-    inp_n, inp_p = new.read("centres/input_index"), prev.read("centres/input_index")
-    cls_n, cls_p = new.read("reference/predictions")[inp_n], prev.read("reference/predictions")[inp_p]
+    inp_n, inp_p = new.read(CENTRE["input_index"]), prev.read(CENTRE["input_index"])
+    cls_n, cls_p = new.read(REFERENCE["predictions"])[inp_n], prev.read(REFERENCE["predictions"])[inp_p]
     match = match_centres(jac, cls_n, cls_p)
-    size_n, size_p = new.read("polytopes/size"), prev.read("polytopes/size")
+    size_n, size_p = new.read(POLYTOPE["size"]), prev.read(POLYTOPE["size"])
     scores_n, scores_p = _centre_scores(new), _centre_scores(prev)
     centres = []
     for v, j in enumerate(match):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from prefect import task
 
-from repint.assignment import assign
+from repint.assignment import assign, fallbacks
 from repint.metrics import AverageDropIncrease, mask_images, softmax
 from repint.model import PSI_MODULE
 from repint.signs import unpack_signs
@@ -15,7 +15,7 @@ from repint.storage.layout import ASSIGNMENT, BOUNDARIES, CENTRES, EVALUATE, ING
 from repint.tasks.common import batched_forward, chunks, device, load_split, open_store, source, unit_key
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
-from repint.tasks.stages import stage_fingerprint
+from repint.tasks.stages import retire_label_stage, stage_fingerprint
 from repint.variants import Variant
 
 __all__ = ["assign_unseen", "evaluate_chunk", "prepare_evaluation", "summarise_evaluation"]
@@ -27,7 +27,7 @@ def assign_unseen(spec: RunSpec) -> dict:
     ``e`` and has ``e``'s predicted class (nearest centre among several), else the nearest centre's.
     Baselines: the nearest centre."""
     store, polytopes, centres, unseen = open_store(spec), POLYTOPES.of(), CENTRES.of(), INGEST.of("unseen")
-    for stage in ("polytopes", "signs-unseen"):
+    for stage in (POLYTOPES.of().name, SIGNS.of("unseen").name):
         store.require_complete(stage)
     feats = store.read(unseen["features"])
     signs = unpack_signs(store.read(SIGNS.of("unseen")[""]), store.shape(BOUNDARIES.of()["b"])[0])
@@ -43,8 +43,10 @@ def assign_unseen(spec: RunSpec) -> dict:
 @task(name="prepare-evaluation", task_run_name="prepare-evaluation-{method}")
 def prepare_evaluation(spec: RunSpec, method: Variant) -> list[int]:
     store, stage = open_store(spec), EVALUATE.of(method.key)
+    retire_label_stage(store, EVALUATE, method)
+    fallback = spec.evaluation.fallback  # hashed where it matters and differs from the rule stores had before it
     fp = stage_fingerprint(store, stage, spec.evaluation.keep_fraction,
-                           *((spec.evaluation.fallback,) if method.method().uses_polytope else ()))
+                           *((fallback,) if method.method().uses_polytope and fallback != fallbacks()[0] else ()))
     if store.stage_complete(stage.name, fp):
         return []
     return store.prepare(stage, fp, {"N": store.shape(INGEST.of("unseen")["predictions"])[0],
@@ -52,7 +54,7 @@ def prepare_evaluation(spec: RunSpec, method: Variant) -> list[int]:
 
 
 @task(name="evaluate-chunk", task_run_name="evaluate-{method}-{chunk}", retries=1,
-      cache_key_fn=unit_key("evaluate-{method.key}"))
+      cache_key_fn=unit_key(EVALUATE, "method"))
 def evaluate_chunk(spec: RunSpec, method: Variant, chunk: int) -> dict:
     """Mask one chunk of unseen images by the method's reused interpretation, run the model on the
     masked images in batches, and store ``Y_c(e)`` and ``Y_c(e')``."""

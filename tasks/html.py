@@ -20,11 +20,17 @@ from repint.methods import get_method
 from repint.metrics import mask_images
 from repint.results import Results, to_rows
 from repint.storage import FeatureStore, redact_url
-from repint.storage.layout import INGEST
+from repint.storage.layout import CENTRES, EVALUATE, INGEST, POLYTOPES
 from repint.tasks.casestudy import representative_centres
 from repint.tasks.common import logger, open_store, source
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
+
+RI_EVALUATION = EVALUATE.of("RI")
+REFERENCE = INGEST.of("reference")
+UNSEEN = INGEST.of("unseen")
+POLYTOPE = POLYTOPES.of()
+CENTRE = CENTRES.of()
 
 __all__ = ["MAX_REUSED", "TEMPLATES", "render_html", "results_rows", "write_html_report"]
 
@@ -56,10 +62,10 @@ def results_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def reused_on(store: FeatureStore, centre: int, limit: int = MAX_REUSED) -> np.ndarray:
     """Unseen images RI reused interpretation ``centre`` on: covered ones first, at most ``limit``, sorted."""
-    if "evaluation/RI/centre" not in store:
+    if RI_EVALUATION["centre"] not in store:
         return np.zeros(0, np.int64)
-    assigned = store.read("evaluation/RI/centre") == centre
-    covered = store.read("evaluation/RI/covered")
+    assigned = store.read(RI_EVALUATION["centre"]) == centre
+    covered = store.read(RI_EVALUATION["covered"])
     chosen = np.concatenate([np.flatnonzero(assigned & covered), np.flatnonzero(assigned & ~covered)])[:limit]
     return np.sort(chosen).astype(np.int64)
 
@@ -74,14 +80,14 @@ def reuse_figure(spec: RunSpec, store: FeatureStore, centre: int,
 
     src = source(spec, "unseen")
     images = src.load(idx)
-    feats = store.read_rows(INGEST.of("unseen")["features"], idx)
+    feats = store.read_rows(UNSEEN["features"], idx)
     method, interp = get_method("RI"), load_interpretation(store, "RI", centre)
     maps = method.heatmaps(interp, images, feats)
     keep = method.keep_masks(interp, images, feats, spec.evaluation.keep_fraction)
     masked = mask_images(images, keep)
-    ids, preds = store.read("unseen/ids")[idx], store.read("unseen/predictions")[idx]
-    y, y_masked = store.read("evaluation/RI/y")[idx], store.read("evaluation/RI/y_masked")[idx]
-    covered = store.read("evaluation/RI/covered")[idx]
+    ids, preds = store.read(UNSEEN["ids"])[idx], store.read(UNSEEN["predictions"])[idx]
+    y, y_masked = store.read(RI_EVALUATION["y"])[idx], store.read(RI_EVALUATION["y_masked"])[idx]
+    covered = store.read(RI_EVALUATION["covered"])[idx]
     names = src.class_names
     records = [{"index": int(i), "id": str(ids[j]), "class": names[int(preds[j])] if int(preds[j]) < len(names)
                 else str(int(preds[j])), "covered": bool(covered[j]), "y": float(y[j]), "y_masked": float(y_masked[j])}
@@ -113,23 +119,23 @@ def reuse_figure(spec: RunSpec, store: FeatureStore, centre: int,
 def gallery(spec: RunSpec, store: FeatureStore, centre: int, figures: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One interpretation: its input, polytope size and coverage, the Fig.-2 figure written by the
     report task (input, top similar images, heat maps) and the unseen images it was reused on."""
-    ref_ids = store.read("reference/ids")
-    x = int(store.read("centres/input_index")[centre])
-    cls = int(store.read("centres/predicted_class")[centre])
+    ref_ids = store.read(REFERENCE["ids"])
+    x = int(store.read(CENTRE["input_index"])[centre])
+    cls = int(store.read(CENTRE["predicted_class"])[centre])
     names = source(spec, "reference").class_names
     fig2 = Path(spec.out_dir) / f"interpretation-{centre}.png"
     info = figures.get(centre, {})
-    n_assigned = int((store.read("evaluation/RI/centre") == centre).sum()) if "evaluation/RI/centre" in store else 0
-    n_cov_unseen = int(((store.read("evaluation/RI/centre") == centre) & store.read("evaluation/RI/covered")).sum()) \
-        if "evaluation/RI/covered" in store else 0
+    n_assigned = int((store.read(RI_EVALUATION["centre"]) == centre).sum()) if RI_EVALUATION["centre"] in store else 0
+    n_cov_unseen = int(((store.read(RI_EVALUATION["centre"]) == centre) & store.read(RI_EVALUATION["covered"])).sum()) \
+        if RI_EVALUATION["covered"] in store else 0
     idx = reused_on(store, centre)
     reuse_png, reused = reuse_figure(spec, store, centre, idx)
     return {
         "centre": centre, "input_index": x, "input_id": str(ref_ids[x]),
         "class": names[cls] if cls < len(names) else str(cls),
-        "size": int(store.read("polytopes/size", centre)), "n_covered": int(store.read("polytopes/n_covered", centre)),
-        "n_other_covered": int(store.read("polytopes/n_other_covered", centre)),
-        "purity": float(store.read("polytopes/purity", centre)),
+        "size": int(store.read(POLYTOPE["size"], centre)), "n_covered": int(store.read(POLYTOPE["n_covered"], centre)),
+        "n_other_covered": int(store.read(POLYTOPE["n_other_covered"], centre)),
+        "purity": float(store.read(POLYTOPE["purity"], centre)),
         "similar_ids": [str(ref_ids[int(i)]) for i in info.get("similar", [])],
         "figure": png_data_uri(fig2.read_bytes()) if fig2.is_file() else None, "figure_name": fig2.name,
         "n_assigned_unseen": n_assigned, "n_covered_unseen": n_cov_unseen,

@@ -52,7 +52,7 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
 
 
 @task(name="ingest-chunk", task_run_name="ingest-{split}-{chunk}", retries=2, retry_delay_seconds=2,
-      cache_key_fn=unit_key("ingest-{split}"))
+      cache_key_fn=unit_key(INGEST, "split"))
 def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     """ψ, logits and predictions of one chunk of images, written to its own Zarr chunks, then the
     chunk's completion record."""

@@ -11,7 +11,7 @@ from repint.storage import FeatureStore
 from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, INTERPRET, POLYTOPES
 from repint.tasks.common import load_split, open_store, source, unit_key
 from repint.tasks.runspec import RunSpec
-from repint.tasks.stages import stage_fingerprint
+from repint.tasks.stages import retire_label_stage, stage_fingerprint
 from repint.variants import Variant
 
 __all__ = ["cluster_images", "interpret_centre", "interpretation_input", "load_interpretation",
@@ -59,15 +59,16 @@ def cluster_images(spec: RunSpec, store: FeatureStore, centre: int) -> tuple[np.
 @task(name="prepare-interpretations", task_run_name="prepare-interpretations-{method}")
 def prepare_interpretations(spec: RunSpec, method: Variant) -> list[int]:
     store, stage, m = open_store(spec), INTERPRET.of(method.key), method.method()
-    fp = stage_fingerprint(store, stage, method.label, m.version, spec.settings(method).orient,
-                           spec.evaluation.ace_images if m.needs_cluster else None)
+    retire_label_stage(store, INTERPRET, method)
+    fp = stage_fingerprint(store, stage, spec.settings(method).orient,
+                           spec.evaluation.ace_images if m.needs_cluster else None, lead=(method.label, m.version))
     if store.stage_complete(stage.name, fp):
         return []
     return store.prepare(stage, fp, {"V": store.shape(CENTRES.of()["input_index"])[0]})
 
 
 @task(name="interpret-centre", task_run_name="interpret-{method}-{centre}", retries=1,
-      cache_key_fn=unit_key("interpret-{method.key}"))
+      cache_key_fn=unit_key(INTERPRET, "method"))
 def interpret_centre(spec: RunSpec, method: Variant, centre: int) -> dict:
     """One method's reusable interpretation of one centre (e.g. channel weights), into the store."""
     store, stage = open_store(spec), INTERPRET.of(method.key)

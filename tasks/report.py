@@ -14,12 +14,18 @@ from repint.heatmaps import display_image
 from repint.methods import get_method
 from repint.results import Results, to_markdown, to_rows
 from repint.storage import redact_url
-from repint.storage.layout import EVALUATE, INGEST
+from repint.storage.layout import BOUNDARIES, CENTRES, EVALUATE, INGEST, POLYTOPES
 from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
 from repint.tasks.common import open_store, source
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
 from repint.variants import Variant
+
+REFERENCE = INGEST.of("reference")
+UNSEEN = INGEST.of("unseen")
+POLYTOPE = POLYTOPES.of()
+CENTRE = CENTRES.of()
+BOUNDARY = BOUNDARIES.of()
 
 
 def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
@@ -28,14 +34,14 @@ def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = int(store.read("centres/input_index")[centre])
+    x = int(store.read(CENTRE["input_index"])[centre])
     similar = eq6_neighbours(spec, store, centre, top)
-    ids = store.read("polytopes/boundaries", centre)
+    ids = store.read(POLYTOPE["boundaries"], centre)
     ids = ids[ids >= 0]
     shown = np.concatenate([[x], similar]).astype(int)
     images = source(spec, "reference").load(shown)
     interp = load_interpretation(store, "RI", centre)
-    maps = get_method("RI").heatmaps(interp, images, store.read_rows(INGEST.of("reference")["features"], shown))
+    maps = get_method("RI").heatmaps(interp, images, store.read_rows(REFERENCE["features"], shown))
     fig, axes = plt.subplots(2, len(shown), figsize=(2.2 * len(shown), 4.6), squeeze=False)
     for j in range(len(shown)):
         img = display_image(images[j])
@@ -45,7 +51,7 @@ def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict
         axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=0, vmax=1)
         for ax in axes[:, j]:
             ax.axis("off")
-    n_cov = int(store.read("polytopes/n_covered", centre))
+    n_cov = int(store.read(POLYTOPE["n_covered"], centre))
     fig.suptitle(f"interpretation {centre}: |P| = {len(ids)} boundaries, covers {n_cov} reference images",
                  fontsize=10)
     fig.tight_layout()
@@ -59,13 +65,13 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``summary.json`` and the figures into the output folder, and the Prefect artifacts."""
     store = open_store(spec)
-    for stage in ("centres", "polytopes", *(EVALUATE.of(Variant.parse(m).key).name for m in results)):
+    for stage in (CENTRE.name, POLYTOPE.name, *(EVALUATE.of(Variant.parse(m).key).name for m in results)):
         store.require_complete(stage)  # never a report from a stage that did not finish
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     attrs = store.attrs
-    n_cov = store.read("polytopes/n_covered")
-    size = store.read("polytopes/size")
+    n_cov = store.read(POLYTOPE["n_covered"])
+    size = store.read(POLYTOPE["size"])
     summary: dict[str, Any] = {
         "dataset": spec.dataset,
         "model": spec.model["architecture"],
@@ -74,16 +80,16 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "layer_choice": spec.model.get("layer_choice", "config"),  # auto: `repint layers`' recommendation
         "checkpoint_format": spec.model.get("checkpoint_format"),  # nested key / prefixes removed, if any
         "weights": spec.model.get("weights"),  # torchvision's pretrained weights, if used
-        "n_reference": store.shape("reference/predictions")[0],
-        "n_unseen": store.shape("unseen/predictions")[0],
-        "n_classes": store.shape("reference/logits")[1],
-        "n_interpretations": store.shape("centres/input_index")[0],
+        "n_reference": store.shape(REFERENCE["predictions"])[0],
+        "n_unseen": store.shape(UNSEEN["predictions"])[0],
+        "n_classes": store.shape(REFERENCE["logits"])[1],
+        "n_interpretations": store.shape(CENTRE["input_index"])[0],
         "q": spec.interpretation.q,
         "q_sampling": spec.interpretation.q_sampling,
-        "n_boundaries": store.shape("boundaries/b")[0],
+        "n_boundaries": store.shape(BOUNDARY["b"])[0],
         "n_distinct_boundaries": attrs.get("n_distinct_boundaries"),
         "polytopes": {"mean_size": float(size.mean()), "mean_covered": float(n_cov.mean()),
-                      "mean_purity": float(np.nanmean(store.read("polytopes/purity")))},
+                      "mean_purity": float(np.nanmean(store.read(POLYTOPE["purity"])))},
         "methods": results,
         "skipped_images": {"count": len(attrs.get("skipped_reference", [])) + len(attrs.get("skipped_unseen", [])),
                            "reference": attrs.get("skipped_reference", []), "unseen": attrs.get("skipped_unseen", [])},

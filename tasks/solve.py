@@ -27,7 +27,7 @@ def prepare_polytopes(spec: RunSpec) -> list[int]:
 
 
 @task(name="solve-centre", task_run_name="solve-centre-{centre}", retries=1,
-      cache_key_fn=unit_key("polytopes"))
+      cache_key_fn=unit_key(POLYTOPES))
 def solve_centre(spec: RunSpec, centre: int) -> dict:
     """Algorithm 1 for the input of one centre, over the boundaries of its Q, from the sign bits."""
     store, stage, ref = open_store(spec), POLYTOPES.of(), INGEST.of("reference")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from prefect import task
 
+from repint.config import TrainConfig
 from repint.data import source_from_spec
 from repint.model import Classifier
 from repint.nets import build_model, train_classifier
@@ -33,27 +34,27 @@ def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_si
 
 @task(name="train-model", task_run_name="train-{architecture}")
 def train_model(reference: dict[str, Any], unseen: dict[str, Any] | None, architecture: str, image_size: int,
-                mean: tuple[float, ...], std: tuple[float, ...], train: dict[str, Any],
+                mean: tuple[float, ...], std: tuple[float, ...], train: TrainConfig,
                 checkpoint: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Train on the reference set (its labels) and save a state dict. Without ``checkpoint`` the
     result is cached under ``$REPINT_CACHE/models/<fingerprint>.pt`` and reused."""
     src = source_from_spec(reference)
     n_classes = len(src.class_names)
-    fp = fingerprint_params("train", TRAIN_CODE_VERSION, src.fingerprint(), architecture, image_size, mean, std, train)
+    fp = fingerprint_params("train", TRAIN_CODE_VERSION, src.fingerprint(), architecture, image_size, mean, std,
+                            train.model_dump())
     path = Path(checkpoint) if checkpoint else cache_dir() / "models" / f"{architecture}-{fp}.pt"
     meta_path = path.with_suffix(".json")
     if not checkpoint and path.exists() and meta_path.exists():
         return json.loads(meta_path.read_text())
     log = logger()
-    torch.manual_seed(train.get("seed", 0))
+    torch.manual_seed(train.seed)
     net = build_model(architecture, n_classes, image_size, in_channels=len(mean))
     model = Classifier(net, tuple(mean), tuple(std))
     images = src.load(np.arange(len(src)))
     start = time.perf_counter()
-    res = train_classifier(model, images, src.labels, epochs=train["epochs"], batch_size=train["batch_size"],
-                           lr=train["lr"], seed=train.get("seed", 0), device=device,
-                           augment=train.get("augment", False),
-                           progress=lambda e, a: log.info(f"epoch {e}/{train['epochs']}: train accuracy {a:.3f}"))
+    res = train_classifier(model, images, src.labels, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
+                           seed=train.seed, device=device, augment=train.augment,
+                           progress=lambda e, a: log.info(f"epoch {e}/{train.epochs}: train accuracy {a:.3f}"))
     meta: dict[str, Any] = {"checkpoint": str(path), "architecture": architecture, "fingerprint": fp,
                             "n_classes": n_classes, "class_names": src.class_names,
                             "train_accuracy": res.train_accuracy, "train_seconds": time.perf_counter() - start,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from pydantic import BaseModel
 
 from repint.storage import fingerprint_params
 from repint.tasks.common import source
@@ -28,6 +29,17 @@ from repint.tasks.runspec import RunSpec
 __all__ = ["INDEX", "add_version", "pending_version", "read_index", "version_fingerprints"]
 
 INDEX = "versions.json"
+#: settings added after versions were first fingerprinted: hashed only once they leave their default,
+#: so that an index written before them does not see a change that is none
+LATER_SETTINGS = {"evaluation": ("fallback",)}
+
+
+def _settings(section: str, config: BaseModel) -> dict[str, Any]:
+    values = config.model_dump()
+    for name in LATER_SETTINGS.get(section, ()):
+        if values.get(name) == type(config).model_fields[name].default:
+            values.pop(name)
+    return values
 
 
 @task(name="fingerprint-inputs", task_run_name="fingerprint-inputs")
@@ -40,7 +52,8 @@ def version_fingerprints(spec: RunSpec) -> dict[str, str]:
         "model": str(spec.model.get("checkpoint_sha256")),
         "data": fingerprint_params(source(spec, "reference").content_fingerprint(),
                                    source(spec, "unseen").content_fingerprint()),
-        "settings": fingerprint_params(model, spec.interpretation.model_dump(), spec.evaluation.model_dump()),
+        "settings": fingerprint_params(model, _settings("interpretation", spec.interpretation),
+                                       _settings("evaluation", spec.evaluation)),
     }
 
 

@@ -67,7 +67,7 @@ def test_interrupted_ingest_is_not_trusted_and_resumes(tmp_path, repint_cache):
     cfg.runtime.chunk_size = 32
     cfg.train.epochs = 1
     spec0 = build_spec(cfg, tmp_path / "a")
-    meta = train_model.fn(spec0.reference, None, "vgg-small", 32, (0.5,) * 3, (0.25,) * 3, cfg.train.model_dump())
+    meta = train_model.fn(spec0.reference, None, "vgg-small", 32, (0.5,) * 3, (0.25,) * 3, cfg.train)
     cfg.model.checkpoint = meta["checkpoint"]
 
     spec = build_spec(cfg, tmp_path / "a")

@@ -122,3 +122,39 @@ def test_a_view_slices_through_the_store(store):
 
     # ψ of image i is (2i, 2i+1): the nearest to image 4 are 3 and 5 (equal distance), then 2 and 6
     assert euclidean_neighbours(view, 4, top=4, block=3).tolist() == [3, 5, 2, 6]
+
+
+def test_prepare_makes_the_arrays_the_tasks_always_made(tmp_path):
+    """Chunks of runtime.chunk_size images even for a smaller set, the layout's dtypes and fill values."""
+    store = FeatureStore(str(tmp_path / "p.zarr"))
+    ingest = INGEST.of("unseen")
+    assert store.prepare(ingest, "b" * 16, {"N": 10, "K": 2, "h": 3, "w": 3, "C": 4, "chunk": 256}) == [0]
+    feats, logits, preds = (store.root[ingest[a]] for a in ("features", "logits", "predictions"))
+    assert feats.shape == (10, 2, 3, 3) and feats.chunks == (256, 2, 3, 3) and feats.dtype == np.float32
+    assert logits.chunks == (256, 4) and preds.dtype == np.int64 and preds.fill_value == -1
+    assert "unseen/ids" not in store  # written whole by the task
+    assert store.prepare(ingest, "b" * 16, {"N": 10, "K": 2, "h": 3, "w": 3, "C": 4, "chunk": 256}) == [0]
+    evaluate = EVALUATE.of("RI.orient-false")
+    assert store.prepare(evaluate, "c" * 16, {"N": 10, "chunk": 4}) == [0, 1, 2]
+    y = store.root[evaluate["y"]]
+    assert y.chunks == (4,) and np.isnan(y.fill_value) and store.root[evaluate["covered"]].dtype == bool
+
+
+def test_a_variant_stage_under_its_old_label_is_dropped(tmp_path):
+    """Stores from before variants had keys hold `evaluation/RI[orient=false]` and its stage record;
+    the next evaluation drops them (record first) and works under the key `RI.orient-false`."""
+    from repint.tasks.stages import retire_label_stage
+    from repint.variants import Variant
+
+    store = FeatureStore(str(tmp_path / "old.zarr"))
+    old = EVALUATE.of("RI[orient=false]")
+    store.prepare(old, "d" * 16, {"N": 6, "chunk": CHUNK})
+    assert old.name in store.attrs["stages"] and "evaluation/RI[orient=false]/y" in store
+    keep = EVALUATE.of("RI")
+    store.prepare(keep, "d" * 16, {"N": 6, "chunk": CHUNK})
+    retire_label_stage(store, EVALUATE, Variant.parse("RI[orient=false]"))
+    assert old.name not in store.attrs["stages"] and "evaluation/RI[orient=false]" not in store
+    assert f"_done/{old.name}" not in store and keep.name in store.attrs["stages"] and "evaluation/RI/y" in store
+    assert not store.drop_stage(old.name, old.reset_paths)  # nothing left to drop
+    retire_label_stage(store, EVALUATE, Variant.parse("RI"))  # a plain method's key is its label: kept
+    assert "evaluation/RI/y" in store

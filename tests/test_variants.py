@@ -60,6 +60,8 @@ def test_a_variant_runs_with_its_overrides_validated():
     ("methods: ['RI[seed=3]']", "a variant sets some of"),
     ("variants: [{seed: 3}]", "evaluation.variants"),  # a variant that changes nothing measured
     ("variants: [{q: 0}]", "greater than or equal to 1"),
+    ("methods: ['RI[orient=maybe]']", "'RI\\[orient=maybe\\]': orient: Input should be a valid boolean"),
+    ("methods: ['RI[q=100]']", "changes Q, which needs a store of its own: .*variants: \\[\\{q: 100\\}\\]"),
 ])
 def test_config_rejects_unknown_methods_and_variants(tmp_path, evaluation, message):
     from repint.config import load_config
@@ -68,6 +70,13 @@ def test_config_rejects_unknown_methods_and_variants(tmp_path, evaluation, messa
     cfg.write_text(f"evaluation:\n  {evaluation}\n")
     with pytest.raises(ConfigError, match=message):
         load_config(cfg)
+
+
+def test_method_labels_are_written_once_as_their_labels():
+    from repint.config import EvaluationConfig
+
+    methods = EvaluationConfig(methods=["RI", "RI[orient=False]", "RI[orient=false]"]).methods
+    assert methods == ["RI", "RI[orient=false]"]
 
 
 def test_study_plans_orientation_on_the_run_store_and_q_variants_in_their_own(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from repint.app.bench.common import Result, med, once, result, rounded
+from repint.metrics import KEEP_FRACTION
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,7 +83,7 @@ def segment_cache_reset(method: str) -> Callable[[], None] | None:
 
 
 def bench_evaluation(method: str, n: int, min_ratio: float | None, repeats: int, ace_images: int = 20,
-                     batch_size: int = 128, fraction: float = 0.2) -> Result:
+                     batch_size: int = 128, fraction: float = KEEP_FRACTION) -> Result:
     """The evaluation stage's throughput for one method next to plain batched inference of the same
     ``n`` images.
 

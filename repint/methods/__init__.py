@@ -6,6 +6,7 @@ from repint.methods import gradcampp as _gradcampp  # noqa: F401  (registers Gra
 from repint.methods import ri as _ri  # noqa: F401  (registers RI)
 from repint.methods import scorecam as _scorecam  # noqa: F401  (registers Score-CAM)
 from repint.methods.base import (
+    METHODS,
     CAMMethod,
     InterpretationInput,
     Method,
@@ -15,5 +16,5 @@ from repint.methods.base import (
     register,
 )
 
-__all__ = ["CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "paper_methods",
+__all__ = ["METHODS", "CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "paper_methods",
            "register"]

@@ -39,6 +39,7 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import SGDClassifier
 
 from repint.methods.base import InterpretationInput, Method, register
+from repint.metrics import KEEP_FRACTION
 from repint.model import TRACE_LOCK, SplitModel, split_model
 
 RESOLUTIONS = (15, 50, 80)
@@ -264,7 +265,7 @@ class ACE(Method):
         return out
 
     def keep_masks(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
-                   fraction: float = 0.2) -> np.ndarray:
+                   fraction: float = KEEP_FRACTION) -> np.ndarray:
         """Whole segments of each image, by the importance of their concept, until more than
         ``fraction`` of the pixels are kept (in-radius segments first, then the outliers)."""
         out = np.zeros((len(images), *images.shape[-2:]), dtype=bool)

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from repint.heatmaps import cam_maps
-from repint.metrics import keep_top_fraction
+from repint.metrics import KEEP_FRACTION, keep_top_fraction
 from repint.registry import Registry
 
 __all__ = ["METHODS", "CAMMethod", "InterpretationInput", "Method", "available_methods", "get_method", "paper_methods",
@@ -67,7 +67,7 @@ class Method(ABC):
         """Heat maps ``[n, H, W]`` in ``[0, 1]`` of the interpretation reused on other images."""
 
     def keep_masks(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
-                   fraction: float = 0.2) -> np.ndarray:
+                   fraction: float = KEEP_FRACTION) -> np.ndarray:
         """Boolean ``[n, H, W]`` masks of the pixels kept for the AD/AI evaluation."""
         return keep_top_fraction(self.heatmaps(interpretation, images, features), fraction)
 
