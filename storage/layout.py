@@ -66,6 +66,11 @@ class StageKind:
     reads: tuple[str, ...] = ()
     images: str = "{split}"
     dynamic: bool = False
+    owns_group: bool = False  # nothing but the stage writes under its group (a reset deletes the group)
+
+    def __post_init__(self) -> None:
+        if self.dynamic and not self.owns_group:
+            raise ValueError(f"stage {self.template!r}: a stage with dynamic arrays must own its group")
 
     @property
     def family(self) -> str:
@@ -117,8 +122,7 @@ class Stage:
     def reset_paths(self) -> list[str]:
         """What a reset stage deletes before anything of new inputs is written: its arrays (the whole
         group where the stage owns all of it)."""
-        return [self.group] if self.kind.dynamic or self.kind.family in ("polytopes", "evaluate") \
-            else [p for p, _ in self.arrays]
+        return [self.group] if self.kind.owns_group else [p for p, _ in self.arrays]
 
     @property
     def reads(self) -> list[str]:
@@ -181,16 +185,17 @@ BOUNDARIES = StageKind("boundaries", "boundaries", images="reference", reads=("c
     _a("owner", ("M",), "i8", per_unit=False)))
 SIGNS = StageKind("signs-{split}", "signs/{split}", units="chunks", reads=("boundaries", "ingest"), arrays=(
     _a("", ("N", "B"), "u1", ("chunk", "B"), 0),))
-POLYTOPES = StageKind("polytopes", "polytopes", units="V", images="reference", reads=("signs",), arrays=(
+POLYTOPES = StageKind("polytopes", "polytopes", units="V", images="reference", reads=("signs",), owns_group=True,
+                      arrays=(
     _a("boundaries", ("V", "Q"), "i8", (1, "Q"), -1),
     _a("orientation", ("V", "Q"), "bool", (1, "Q"), False),
     _a("covered", ("V", "N"), "bool", (1, "N"), False),
     *(_a(name, ("V",), "i8", (1,), -1) for name in ("tau", "delta", "n_covered", "n_other_covered", "size")),
     _a("purity", ("V",), "f8", (1,), float("nan"))))
 INTERPRET = StageKind("interpret-{method}", "interpretations/{method}", units="V", images="reference",
-                      reads=("polytopes",), dynamic=True)
+                      reads=("polytopes",), dynamic=True, owns_group=True)
 EVALUATE = StageKind("evaluate-{method}", "evaluation/{method}", units="chunks", images="unseen",
-                     reads=("interpret", "signs"), arrays=(
+                     reads=("interpret", "signs"), owns_group=True, arrays=(
     _a("centre", ("N",), "i8", ("chunk",), -1),
     _a("covered", ("N",), "bool", ("chunk",), False),
     *(_a(name, ("N",), "f8", ("chunk",), float("nan")) for name in ("y", "y_masked", "kept_fraction"))))
