@@ -13,7 +13,7 @@ from repint.flows.run import pipeline, with_default_model
 from repint.tasks.html import write_html_report
 from repint.tasks.runspec import RunSpec
 from repint.tasks.study import write_study
-from repint.variants import Variant
+from repint.variants import OWN_STORE_KEYS, VARIANT_KEYS, Variant
 
 __all__ = ["run_spec", "study", "study_specs", "variant_plan"]
 
@@ -39,11 +39,13 @@ def run_spec(spec: RunSpec, run: int, runs: int) -> RunSpec:
 def variant_plan(spec: RunSpec) -> tuple[RunSpec, list[RunSpec]]:
     """RI's variants (``evaluation.variants``): those that change only the orientation are extra
     methods on the run's own store (same polytopes, other heat maps); those that change Q (``q``,
-    ``q_sampling``) get a store of their own in which only that variant is evaluated."""
+    ``q_sampling``) or the polytopes (``solver``), :data:`~repint.variants.OWN_STORE_KEYS`, get a store
+    of their own in which only that variant is evaluated."""
+    run_store_keys = set(VARIANT_KEYS) - set(OWN_STORE_KEYS)
     extra, own = [], []
     for j, v in enumerate(spec.evaluation.variants):
         variant = Variant.of("RI", v)
-        if set(v) <= {"orient"}:
+        if set(v) <= run_store_keys:
             extra.append(variant.label)
             continue
         own.append(spec.model_copy(update={

@@ -98,11 +98,16 @@ def boundary_columns(owner: np.ndarray, centre: int) -> np.ndarray:
 
 
 def boundary_search(head: nn.Module, start: np.ndarray, ends: np.ndarray, tol: float = 1e-5,
-                    max_iter: int = 100, device: torch.device | str = "cpu") -> np.ndarray:
-    """Bisect each segment ``start[i] -> ends[i]`` to a point still of ``Class(start[i])`` with
+                    max_iter: int = 100, device: torch.device | str = "cpu", start_at: float = 0.0) -> np.ndarray:
+    r"""Bisect each segment ``start[i] -> ends[i]`` to a point still of ``Class(start[i])`` with
     ``ΔG² < tol`` (the authors' published code). Returns the points ``[M, *feature_shape]``.
 
     ``start`` and ``ends`` have the same shape; ``Class(ends[i]) != Class(start[i])`` is required.
+    The walk is over :math:`p(λ) = a + λ (e - a)`, bracketing ``λ`` in ``[lo, hi]`` with ``p(lo)`` of
+    ``Class(a)`` and ``p(hi)`` not. ``start_at = λ₀ > 0`` starts it at ``p(λ₀)`` (the authors' code:
+    ``λ₀ = 0.1``, i.e. ``0.9 a + 0.1 e``): the bracket is ``[λ₀, 1]`` where ``p(λ₀)`` is still of
+    ``Class(a)``, and ``[0, λ₀]`` where the boundary is nearer than that (the point found is then
+    always of ``Class(a)``).
     """
     head64 = _double_head(head).to(device)
     a = torch.as_tensor(start, dtype=torch.float64, device=device)
@@ -114,6 +119,12 @@ def boundary_search(head: nn.Module, start: np.ndarray, ends: np.ndarray, tol: f
     shape = (-1,) + (1,) * (a.dim() - 1)
     lo = torch.zeros(len(a), dtype=torch.float64, device=device)
     hi = torch.ones_like(lo)
+    if not 0.0 <= start_at < 1.0:
+        raise ValueError(f"start_at must lie in [0, 1), got {start_at}.")
+    if start_at > 0:
+        _, c_start = _delta(head64, a + start_at * (e - a))
+        at = torch.full_like(lo, start_at)
+        lo, hi = torch.where(c_start == cls, at, lo), torch.where(c_start == cls, hi, at)
     done = torch.zeros(len(a), dtype=torch.bool, device=device)
     for _ in range(max_iter):
         point = a + lo.view(shape) * (e - a)

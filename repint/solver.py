@@ -18,15 +18,31 @@ lowest index. Counts are popcounts over bits packed along the image axis, and on
 
 Ratios are compared as float64: distinct ratios of integers ``≤ N`` differ by at least ``1/N²``
 relatively, far above float64 rounding for any ``N < 10⁷``, so the order is exact.
+
+The solvers are registered by name (``interpretation.solver``, :func:`solvers`; the first is the
+default): ``greedy`` is Algorithm 1 as above (the paper), ``authors`` the authors' code
+(:func:`authors_polytope`, method.md "The authors' code, in more detail").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["InfeasibleError", "Polytope", "greedy_polytope", "greedy_polytope_dense"]
+from repint.registry import Registry
+
+__all__ = ["AUTHORS_TOLERANCE", "SOLVERS", "InfeasibleError", "Polytope", "Solver", "authors_polytope",
+           "forgiving_bound", "get_solver", "greedy_polytope", "greedy_polytope_dense", "register_solver", "solvers"]
+
+#: ``solver(signs [N, Q] bool, input_index, other_class [N] bool) -> Polytope``
+Solver = Callable[[np.ndarray, int, np.ndarray], "Polytope"]
+SOLVERS: Registry[Solver] = Registry("solver")
+register_solver = SOLVERS.register  #: decorator adding a solver under a name
+solvers = SOLVERS.names  #: the registered solvers (the first, ``greedy``, is the default)
+get_solver = SOLVERS.get
 
 
 class InfeasibleError(ValueError):
@@ -98,31 +114,27 @@ def _popcount(words: np.ndarray) -> np.ndarray:
     return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
 
 
-def greedy_polytope(signs: np.ndarray, input_index: int, other_class: np.ndarray,
-                    delta: int | None = None) -> Polytope:
-    """Algorithm 1 on a boolean ``N x Q`` sign matrix; ``other_class`` marks ``D(x)``.
-
-    Returns a :class:`Polytope` with ``.boundaries`` (column indices in the order chosen),
-    ``.covered`` (boolean ``N``), ``.tau``. Raises :class:`InfeasibleError` when ``delta < tau``.
-    """
-    signs, other = _validate(signs, input_index, other_class)
-    n, q = signs.shape
+def _packed(signs: np.ndarray, input_index: int, other: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``A`` ``[Q, W]`` (images on x's side of each ``h``), ``D`` and ``R`` ``[W]`` packed, and ``τ``."""
     agree = signs == signs[input_index]
-    A = _pack_images(agree)                      # [Q, W]: images on x's side of h
-    Dw = _pack_images(other)[0]                  # [W]
-    Rw = _pack_images(np.ones(n, dtype=bool))[0]
-    inside = np.bitwise_and.reduce(A, axis=0) if q else Rw.copy()
-    tau = int(_popcount(inside & Dw))
-    delta = tau if delta is None else int(delta)
-    if delta < tau:
-        raise InfeasibleError(
-            f"delta = {delta} < tau = {tau}: even all {q} boundaries leave {tau} images of another class on "
-            f"the side of input {input_index}. Use delta >= tau (the default), or sample more boundaries.")
-    cur, n_r, n_d = Rw, n, int(_popcount(Dw))
+    A = _pack_images(agree)
+    Dw = _pack_images(other)[0]
+    Rw = _pack_images(np.ones(len(signs), dtype=bool))[0]
+    inside = np.bitwise_and.reduce(A, axis=0) if signs.shape[1] else Rw.copy()
+    return A, Dw, Rw, int(_popcount(inside & Dw))
+
+
+def _greedy_path(A: np.ndarray, Dw: np.ndarray, Rw: np.ndarray, allowed: Callable[[int, int], int]
+                 ) -> tuple[list[int], np.ndarray, int]:
+    """Algorithm 1's loop on packed bits while ``|P ∩ D| > allowed(|P ∩ R|, |P ∩ D|)``. Returns the
+    boundaries in the order chosen, ``P ∩ R`` packed and ``|P ∩ D|``. ``allowed >= τ`` keeps a
+    candidate with a positive denominator while the loop runs."""
+    cur, n_r, n_d = Rw, int(_popcount(Rw)), int(_popcount(Dw))
     active = np.flatnonzero(cur)
-    candidates = np.arange(q)
+    candidates = np.arange(len(A))
     chosen: list[int] = []
-    while n_d > delta:
+    while n_d > allowed(n_r, n_d):
         cur_a, d_a = cur[active], Dw[active]
         sub = A[np.ix_(candidates, active)] & cur_a
         new_r = _popcount(sub)
@@ -139,10 +151,83 @@ def greedy_polytope(signs: np.ndarray, input_index: int, other_class: np.ndarray
         n_r, n_d = int(new_r[best]), int(new_d[best])
         candidates = np.delete(candidates, best)
         active = active[cur[active] != 0]
-    covered = _unpack_images(cur, n)
+    return chosen, cur, n_d
+
+
+def _polytope(signs: np.ndarray, input_index: int, chosen: list[int], cur: np.ndarray, tau: int, delta: int,
+              n_d: int) -> Polytope:
     idx = np.asarray(chosen, dtype=np.int64)
     return Polytope(input_index=int(input_index), boundaries=idx, orientation=signs[input_index, idx].copy(),
-                    covered=covered, tau=tau, delta=delta, n_other_covered=n_d)
+                    covered=_unpack_images(cur, len(signs)), tau=tau, delta=delta, n_other_covered=n_d)
+
+
+@register_solver("greedy")
+def greedy_polytope(signs: np.ndarray, input_index: int, other_class: np.ndarray,
+                    delta: int | None = None) -> Polytope:
+    """Algorithm 1 on a boolean ``N x Q`` sign matrix; ``other_class`` marks ``D(x)``.
+
+    Returns a :class:`Polytope` with ``.boundaries`` (column indices in the order chosen),
+    ``.covered`` (boolean ``N``), ``.tau``. Raises :class:`InfeasibleError` when ``delta < tau``.
+    """
+    signs, other = _validate(signs, input_index, other_class)
+    A, Dw, Rw, tau = _packed(signs, input_index, other)
+    delta = tau if delta is None else int(delta)
+    if delta < tau:
+        raise InfeasibleError(
+            f"delta = {delta} < tau = {tau}: even all {signs.shape[1]} boundaries leave {tau} images of another "
+            f"class on the side of input {input_index}. Use delta >= tau (the default), or sample more boundaries.")
+    chosen, cur, n_d = _greedy_path(A, Dw, Rw, lambda n_r, n_d: delta)
+    return _polytope(signs, input_index, chosen, cur, tau, delta, n_d)
+
+
+#: the authors' "forgiving" constraint: other-class coverage allowed up to this share of the covered
+#: same-class images (1%, ``SubmodularMinerAG.mineInvariant_peter``); exact integer arithmetic
+AUTHORS_TOLERANCE = Fraction(1, 100)
+
+
+def forgiving_bound(n_covered: int, n_other_covered: int, tau: int, tolerance: Fraction = AUTHORS_TOLERANCE) -> int:
+    r"""The authors' constraint as a bound on ``|P ∩ D|``:
+    :math:`\max(\tau, \lfloor t \cdot |P \cap R \setminus D| \rfloor)`, ``t = tolerance``, with
+    ``|P ∩ R ∖ D| = n_covered - n_other_covered``. ``τ`` stays a floor: the constraint is never
+    stricter than the paper's ``δ = τ``, so it can always be met (all of ``Q`` meets ``δ = τ``)."""
+    same = n_covered - n_other_covered
+    return max(int(tau), same * tolerance.numerator // tolerance.denominator)
+
+
+@register_solver("authors")
+def authors_polytope(signs: np.ndarray, input_index: int, other_class: np.ndarray,
+                     tolerance: Fraction = AUTHORS_TOLERANCE) -> Polytope:
+    r"""The authors' solver (method.md, "The authors' code, in more detail"): Algorithm 1's greedy under
+    their forgiving constraint, then a backward-elimination pass.
+
+    1. Greedy, the same picks and ties as :func:`greedy_polytope`, while
+       :math:`|P \cap D| > \max(\tau, \lfloor t \cdot |P \cap R \setminus D| \rfloor)` (:func:`forgiving_bound`,
+       ``t = 1/100``, re-evaluated after every pick since ``|P ∩ R ∖ D|`` shrinks as ``P`` grows). Its
+       picks are a prefix of :func:`greedy_polytope`'s (a pick depends on ``P``, not on the stop).
+    2. Backward elimination over the picks, *last selected first* (reverse delete): drop ``h`` when
+       ``P ∖ {h}`` still meets the same constraint (with its own, larger, coverage). The last pick is
+       never dropped: without it ``P`` is where the greedy had not yet met the constraint.
+
+    Decisions (the authors' code itself was not at hand): one greedy pass, where their code runs up to
+    five; ``τ`` is kept as a floor of the bound (see :func:`forgiving_bound`), so this never raises
+    :class:`InfeasibleError`; the returned ``.delta`` is the bound of the final ``P``, and
+    ``.boundaries`` keep the order chosen.
+    """
+    signs, other = _validate(signs, input_index, other_class)
+    A, Dw, Rw, tau = _packed(signs, input_index, other)
+
+    def allowed(n_r: int, n_d: int) -> int:
+        return forgiving_bound(n_r, n_d, tau, tolerance)
+
+    chosen, cur, n_d = _greedy_path(A, Dw, Rw, allowed)
+    kept = list(chosen)
+    for h in reversed(chosen[:-1]):  # the last pick is needed (docstring)
+        rest = [g for g in kept if g != h]
+        trial = np.bitwise_and.reduce(A[rest], axis=0) if rest else Rw
+        t_r, t_d = int(_popcount(trial)), int(_popcount(trial & Dw))
+        if t_d <= allowed(t_r, t_d):
+            kept, cur, n_d = rest, trial, t_d
+    return _polytope(signs, input_index, kept, cur, tau, allowed(int(_popcount(cur)), n_d), n_d)
 
 
 def greedy_polytope_dense(signs: np.ndarray, input_index: int, other_class: np.ndarray,

@@ -1,4 +1,5 @@
-"""Interpret: one greedy solve (Algorithm 1) per centre."""
+"""Interpret: one solve per centre, by the configured solver (``interpretation.solver``, :mod:`repint.solver`;
+by default the greedy of Algorithm 1)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,24 @@ from prefect import task
 
 from repint.boundaries import boundary_columns
 from repint.signs import unpack_signs
-from repint.solver import greedy_polytope
+from repint.solver import get_solver, solvers
 from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, POLYTOPES, SIGNS
 from repint.tasks.common import open_store, unit_key
 from repint.tasks.runspec import RunSpec
 from repint.tasks.stages import stage_fingerprint
 
 
+def solver_params(spec: RunSpec) -> tuple[str, ...]:
+    """What the polytopes' fingerprint adds for the solver: its name, only when it is not the default
+    (stores solved before solvers were registered keep their fingerprint)."""
+    name = spec.interpretation.solver
+    return () if name == solvers()[0] else (name,)
+
+
 @task(name="prepare-polytopes", task_run_name="prepare-polytopes")
 def prepare_polytopes(spec: RunSpec) -> list[int]:
     store, stage = open_store(spec), POLYTOPES.of()
-    fp = stage_fingerprint(store, stage)
+    fp = stage_fingerprint(store, stage, *solver_params(spec))
     if store.stage_complete(stage.name, fp):
         return []
     v = store.shape(CENTRES.of()["input_index"])[0]
@@ -29,14 +37,15 @@ def prepare_polytopes(spec: RunSpec) -> list[int]:
 @task(name="solve-centre", task_run_name="solve-centre-{centre}", retries=1,
       cache_key_fn=unit_key(POLYTOPES))
 def solve_centre(spec: RunSpec, centre: int) -> dict:
-    """Algorithm 1 for the input of one centre, over the boundaries of its Q, from the sign bits."""
+    """The configured solver (Algorithm 1 by default) for the input of one centre, over the boundaries
+    of its Q, from the sign bits."""
     store, stage, ref = open_store(spec), POLYTOPES.of(), INGEST.of("reference")
     owner = store.read(BOUNDARIES.of()["owner"])
     cols = boundary_columns(owner, centre)
     signs = unpack_signs(store.read(SIGNS.of("reference")[""]), len(owner))[:, cols]
     preds = store.read(ref["predictions"])
     x = int(store.read(CENTRES.of()["input_index"])[centre])
-    p = greedy_polytope(signs, x, preds != preds[x])
+    p = get_solver(spec.interpretation.solver)(signs, x, preds != preds[x])
     ids = cols[p.boundaries]
     row = np.full(store.shape(stage["boundaries"])[1], -1, dtype=np.int64)
     row[: len(ids)] = ids

@@ -31,7 +31,7 @@ __all__ = ["INDEX", "add_version", "pending_version", "read_index", "version_fin
 INDEX = "versions.json"
 #: settings added after versions were first fingerprinted: hashed only once they leave their default,
 #: so that an index written before them does not see a change that is none
-LATER_SETTINGS = {"evaluation": ("fallback",)}
+LATER_SETTINGS = {"interpretation": ("solver",), "evaluation": ("fallback",)}
 
 
 def _settings(section: str, config: BaseModel) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from repint.assignment import assign, polytope_cover
+from repint.assignment import assign, fallback_centres, fallbacks, polytope_cover, polytope_violations
 from repint.centres import assign_nearest, squared_distances
 
 # Features in 1-D: centres c0 = 0, c1 = 4, c2 = 10 of predicted classes 0, 1, 0; three boundaries.
@@ -110,7 +110,8 @@ def test_fallback_rules_are_registered_and_nearest_same_class_keeps_the_class():
     from repint.assignment import assign, fallbacks
     from repint.config import EvaluationConfig
 
-    assert fallbacks() == ["nearest", "nearest-same-class"] and EvaluationConfig().fallback == "nearest"
+    assert fallbacks() == ["nearest", "nearest-same-class", "least-violated"]
+    assert EvaluationConfig().fallback == "nearest"
     # centres at 0 (class 0), 10 (class 1), 4 (class 1); images at 1 (class 1), 9 (class 0), 5 (class 2)
     centres = np.array([[0.0], [10.0], [4.0]])
     feats = np.array([[1.0], [9.0], [5.0]])
@@ -124,3 +125,73 @@ def test_fallback_rules_are_registered_and_nearest_same_class_keeps_the_class():
     assert not same.ri_covered.any()
     with pytest.raises(ValueError, match="Unknown fallback rule 'far'; available: nearest, nearest-same-class"):
         assign(feats, centres, signs, ids, orient, preds, centre_class, fallback="far")
+
+
+# least-violated: 1-D centres c0 = 0, c1 = 2, c2 = 5 (class 0) and c3 = 8 (class 1); four boundaries.
+# P0 = {h0 T, h1 T, h2 T}, P1 = {h0 F, h3 T}, P2 = {h1 F, h2 T}, P3 = {h2 F}.
+LV_CENTRES = np.array([[0.0], [2.0], [5.0], [8.0]])
+LV_CLASS = np.array([0, 0, 0, 1])
+LV_IDS = np.array([[0, 1, 2], [0, 3, -1], [1, 2, -1], [2, -1, -1]])
+LV_ORIENT = np.array([[1, 1, 1], [0, 1, 0], [0, 1, 0], [0, 0, 0]], bool)
+# image ψ   class  h0 h1 h2 h3   violations P0..P3   d to c0..c3        nearest  least-violated
+# e0    1    0      F  F  F  F    3  1  1  0          1   1  16  49      0 (tie)  1 (c1, c2 tie on 1: c1 nearer)
+# e1    6    0      T  T  F  T    1  1  2  0          36  16  1   4      2        1 (c0, c1 on 1: c1 nearer)
+# e2    4.5  2      F  F  F  F    3  1  1  0          .. c2 nearest      2        2 (no centre of class 2)
+# e3    0    1      T  T  T  F    0  2  1  1          0   4  25  64      0        3 (P0's 0 is of class 0)
+# e4    7    1      F  F  F  F    3  1  1  0          49  25  4   1      3        3 (covered by P3)
+# e5    1    0      F  T  T  F    1  1  1  1          1   1  16  49      0        0 (1, 1, 1; c0, c1 tie: lowest)
+LV_FEATS = np.array([[1.0], [6.0], [4.5], [0.0], [7.0], [1.0]])
+LV_PREDS = np.array([0, 0, 2, 1, 1, 0])
+LV_SIGNS = np.array([[0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 0]], bool)
+LV_VIOLATIONS = [[3, 1, 1, 0], [1, 1, 2, 0], [3, 1, 1, 0], [0, 2, 1, 1], [3, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_least_violated_by_hand():
+    viol = polytope_violations(LV_SIGNS, LV_IDS, LV_ORIENT)
+    np.testing.assert_array_equal(viol, LV_VIOLATIONS)
+    np.testing.assert_array_equal(polytope_cover(LV_SIGNS, LV_IDS, LV_ORIENT), viol == 0)
+    args = (LV_FEATS, LV_CENTRES, LV_SIGNS, LV_IDS, LV_ORIENT, LV_PREDS, LV_CLASS)
+    near, least = assign(*args), assign(*args, fallback="least-violated")
+    assert near.ri_centre.tolist() == [0, 2, 2, 0, 3, 0]
+    assert least.ri_centre.tolist() == [1, 1, 2, 3, 3, 0]
+    assert least.ri_covered.tolist() == near.ri_covered.tolist() == [False, False, False, False, True, False]
+    dist = squared_distances(LV_FEATS, LV_CENTRES)
+    np.testing.assert_array_equal(fallback_centres(dist, LV_PREDS, LV_CLASS, viol, "least-violated"),
+                                  [1, 1, 2, 3, 3, 0])  # the rule on every image, covered or not
+    np.testing.assert_array_equal(fallback_centres(dist, LV_PREDS, LV_CLASS, viol, "nearest"), [0, 2, 2, 0, 3, 0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(problems())
+def test_least_violated_properties(p):
+    feats, centres, signs, ids, orient, preds, cls = p
+    a = assign(*p, fallback="least-violated")
+    near = assign(*p)
+    np.testing.assert_array_equal(a.cover, near.cover)
+    np.testing.assert_array_equal(a.ri_centre[a.ri_covered], near.ri_centre[a.ri_covered])  # only the fallback
+    viol = polytope_violations(signs, ids, orient)
+    dist = squared_distances(feats, centres)
+    for i in np.flatnonzero(~a.ri_covered):
+        same = np.flatnonzero(cls == preds[i])
+        if not len(same):
+            assert a.ri_centre[i] == near.nearest[i]
+            continue
+        assert a.ri_centre[i] == min(same, key=lambda v: (viol[i, v], dist[i, v], v))
+        assert viol[i, a.ri_centre[i]] >= 1  # uncovered: every polytope of its class is violated
+
+
+def test_assign_gives_every_rules_fallback():
+    """``fallback_centre`` holds each registered rule's centre; ``ri_centre`` takes the configured
+    rule's column where no polytope covers the image, and the covering polytope's where one does."""
+    rng = np.random.default_rng(5)
+    feats, centres = rng.standard_normal((40, 6)), rng.standard_normal((5, 6))
+    signs = rng.random((40, 7)) < 0.5
+    ids = np.array([[0, 1, -1], [2, -1, -1], [3, 4, 5], [6, -1, -1], [0, 2, 4]])
+    orient = rng.random(ids.shape) < 0.5
+    preds, centre_class = rng.integers(0, 3, 40), np.array([0, 1, 2, 0, 1])
+    for rule in fallbacks():
+        a = assign(feats, centres, signs, ids, orient, preds, centre_class, fallback=rule)
+        assert a.fallback_centre.shape == (40, len(fallbacks()))
+        col = a.fallback_centre[:, fallbacks().index(rule)]
+        np.testing.assert_array_equal(a.ri_centre[~a.ri_covered], col[~a.ri_covered])
+        assert a.cover[np.arange(40), a.ri_centre][a.ri_covered].all()

@@ -143,3 +143,51 @@ def test_cam_method_heatmaps_and_keep_masks():
     big = ri.keep_masks(interp, np.zeros((1, 3, 4, 4), np.float32), PSI_X[None])
     assert big.shape == (1, 4, 4) and big.sum() == 3
     assert big[0, 3, 3]
+
+
+def test_gradcam_exact_reuses_the_spatial_gradient_hand_computed_on_a_linear_head():
+    # ∂y_c/∂ψ = the class-c row of fc laid out as [channel, 2, 2] (independent of the image):
+    #   class 1: G0 = [[1, 2], [3, 4]], G1 = [[-1, 0], [0, -3]]
+    #   class 2: G0 = [[4, 4], [0, 0]], G1 = [[0, 0], [0, 8]]
+    # The map on x' is ReLU(Σ_k G^k ψ^k(x')) min-max normalised (2 x 2 images: no interpolation):
+    #   class 1, ψ0 = [[1, 0], [1, 1]], ψ1 = [[1, 1], [0, 1]]: [[1 - 1, 0], [3, 4 - 3]] = [[0, 0], [3, 1]]
+    #            -> [[0, 0], [1, 1/3]]
+    #   class 2, ψ0 = [[.5, 1], [2, 0]], ψ1 = [[0, 0], [1, .25]]: [[2, 4], [0, 2]] -> [[.5, 1], [0, .5]]
+    from repint.methods import paper_methods
+    from repint.methods.gradcam_exact import GradCAMExact
+
+    method = get_method("Grad-CAM-exact")
+    assert isinstance(method, GradCAMExact) and not method.uses_polytope and method.paper_order is None
+    assert "Grad-CAM-exact" not in paper_methods()
+    model = LinearHeadNet().eval()
+    image = np.array([[[0.2, 0.4], [0.6, 0.8]]], dtype=np.float32)
+    fc = model.fc.weight.detach().numpy()
+    cases = [(1, [[[1, 0], [1, 1]], [[1, 1], [0, 1]]], [[0, 0], [1, 1 / 3]]),
+             (2, [[[0.5, 1], [2, 0]], [[0, 0], [1, 0.25]]], [[0.5, 1], [0, 0.5]])]
+    for cls, psi, expected in cases:
+        inp = InterpretationInput(model=model, layer="features.1", image=image, features=np.zeros((2, 2, 2)),
+                                  predicted_class=cls)
+        out = method.interpret(inp)
+        assert set(out) == {"G"} and out["G"].dtype == np.float32 and out["G"].shape == (1, 2, 2, 2)
+        np.testing.assert_allclose(out["G"][0], fc[cls].reshape(2, 2, 2), atol=1e-6)
+        maps = method.heatmaps(out, np.zeros((1, 1, 2, 2), np.float32), np.array([psi], np.float32))
+        np.testing.assert_allclose(maps[0], expected, atol=1e-6)
+        # the same drawing as RI-exact with G as its (single) boundary normal
+        ri_exact = get_method("RI-exact").heatmaps({"W": out["G"]}, np.zeros((1, 1, 2, 2)), np.array([psi]))
+        np.testing.assert_allclose(maps, ri_exact, atol=1e-6)
+
+
+def test_gradcam_exact_gradient_matches_autograd():
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    image = torch.rand(3, 8, 8)
+    psi = model.features(image[None]).detach().requires_grad_(True)
+    logits = model.classifier(psi)
+    method = get_method("Grad-CAM-exact")
+    for cls in range(3):
+        (grad,) = torch.autograd.grad(logits[0, cls], psi, retain_graph=True)
+        inp = InterpretationInput(model=model, layer="features.3", image=image.numpy(),
+                                  features=psi[0].detach().numpy(), predicted_class=cls)
+        G = method.interpret(inp)["G"]
+        assert G.shape == (1, 5, 8, 8) and np.abs(G).max() > 0
+        np.testing.assert_allclose(G, grad.numpy(), rtol=1e-5, atol=1e-7)
