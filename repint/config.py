@@ -13,16 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from repint.assignment import fallbacks
 from repint.methods import available_methods, paper_methods
-from repint.metrics import KEEP_FRACTION
+from repint.metrics import BASELINES, CURVE_STEPS, DEFAULT_METRICS, KEEP_FRACTION, KEEP_FRACTIONS, METRICS
 from repint.qsampling import q_samplers
-from repint.variants import VARIANT_KEYS, Variant
+from repint.solver import solvers
+from repint.variants import EVALUATION_KEYS, OWN_STORE_KEYS, VARIANT_KEYS, Variant
 
 __all__ = ["ALL_METHODS", "Config", "ConfigError", "demo_config", "expand_env", "load_config"]
 
 #: the paper's Table 1 methods, in its order (from the registry: ``Method.paper_order``)
 ALL_METHODS = paper_methods()
 QSampling = Literal[tuple(q_samplers())]  # type: ignore[valid-type]
+SolverName = Literal[tuple(solvers())]  # type: ignore[valid-type]
 Fallback = Literal[tuple(fallbacks())]  # type: ignore[valid-type]
+MetricName = Literal[METRICS]  # type: ignore[valid-type]
+Baseline = Literal[BASELINES]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -78,6 +82,8 @@ class InterpretationConfig(_Strict):
     q: int = Field(50, ge=1, description="|Q|, the number of sampled boundaries")
     q_sampling: QSampling = Field(q_samplers()[0], description="how Q is sampled: "  # type: ignore[valid-type]
                                   + ", ".join(q_samplers()) + " (repint.qsampling)")
+    solver: SolverName = Field(solvers()[0], description="how each polytope is solved: "  # type: ignore[valid-type]
+                               + ", ".join(solvers()) + " (repint.solver; greedy: Algorithm 1, the paper)")
     interpretations_per_class: int = Field(10, ge=1)
     orient: bool = True
     unit_normals: bool = True
@@ -88,13 +94,21 @@ class InterpretationConfig(_Strict):
 class EvaluationConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["RI", "Grad-CAM"])
     keep_fraction: float = Field(KEEP_FRACTION, gt=0, lt=1)
+    metrics: list[MetricName] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(DEFAULT_METRICS), description="faithfulness metrics beside AD/AI at "
+        "keep_fraction, on the same reused maps: " + ", ".join(METRICS) + " (repint.scoring)")
+    keep_fractions: list[float] = Field(default_factory=lambda: list(KEEP_FRACTIONS), min_length=1,
+                                        description="kept shares for ad-ai and road")
+    curve_steps: int = Field(CURVE_STEPS, ge=2, le=256, description="deletion/insertion: steps of the curve")
+    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES), min_length=1,  # type: ignore[valid-type]
+                                      description="deletion/insertion: what removed pixels become")
     fallback: Fallback = Field(fallbacks()[0], description="what RI reuses on an unseen image no polytope "  # type: ignore[valid-type]
                                "covers: " + ", ".join(fallbacks()) + " (repint.assignment)")
     case_studies: int = Field(3, ge=0)
     ace_images: int = Field(20, ge=2, description="ACE: discovery images per cluster (and random images)")
     runs: int = Field(1, ge=1, description="repeat interpretation and evaluation with seeds seed, seed+1, ...")
     variants: list[dict[str, Any]] = Field(
-        default_factory=list, description="RI under other interpretation settings (q, q_sampling, orient), "
+        default_factory=list, description="RI under other interpretation settings (q, q_sampling, solver, orient), "
         "reported beside RI, e.g. [{q_sampling: boundary-search}, {orient: false}]")
 
     @field_validator("methods")
@@ -107,9 +121,15 @@ class EvaluationConfig(_Strict):
             variant = Variant.parse(label)
             if variant.base not in available_methods():
                 raise ValueError(f"unknown method {variant.base!r}; available: {', '.join(available_methods())}")
-            unknown = {k for k, _ in variant.overrides} - set(VARIANT_KEYS)
+            allowed = (*VARIANT_KEYS, *EVALUATION_KEYS)
+            unknown = {k for k, _ in variant.overrides} - set(allowed)
             if unknown:
-                raise ValueError(f"{label!r}: a variant sets some of {list(VARIANT_KEYS)}, not {sorted(unknown)}")
+                raise ValueError(f"{label!r}: a variant sets some of {list(allowed)}, not {sorted(unknown)}")
+            fallback = variant.settings.get("fallback")
+            if fallback is not None and fallback not in fallbacks():
+                raise ValueError(f"{label!r}: fallback must be one of {', '.join(fallbacks())}, not {fallback!r}")
+            if fallback is not None and not variant.method().uses_polytope:
+                raise ValueError(f"{label!r}: only RI's methods have a fallback (baselines reuse the nearest centre)")
             try:
                 variant.interpretation(InterpretationConfig())
             except ValidationError as exc:
@@ -117,6 +137,18 @@ class EvaluationConfig(_Strict):
             if variant.label not in out:
                 out.append(variant.label)
         return out
+
+    @field_validator("keep_fractions")
+    @classmethod
+    def _check_fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value):
+            raise ValueError(f"every kept share must lie strictly between 0 and 1, got {value}")
+        return sorted(set(value))
+
+    @field_validator("metrics", "baselines")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
     @field_validator("variants")
     @classmethod
@@ -186,10 +218,12 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _q_variants_have_their_own_store(self) -> Config:
         for label in self.evaluation.methods:
-            changed = ", ".join(f"{k}: {v}" for k, v in Variant.parse(label).overrides if k in ("q", "q_sampling"))
+            own = [(k, v) for k, v in Variant.parse(label).overrides if k in OWN_STORE_KEYS]
+            changed = ", ".join(f"{k}: {v}" for k, v in own)
+            what = " and ".join(dict.fromkeys(OWN_STORE_KEYS[k] for k, _ in own))
             if changed:
-                raise ValueError(f"evaluation.methods: {label!r} changes Q, which needs a store of its own: list it "
-                                 f"under evaluation.variants instead (variants: [{{{changed}}}])")
+                raise ValueError(f"evaluation.methods: {label!r} changes {what}, which needs a store of its own: list "
+                                 f"it under evaluation.variants instead (variants: [{{{changed}}}])")
         return self
 
 

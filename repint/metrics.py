@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["KEEP_FRACTION", "AverageDropIncrease", "keep_count", "keep_top_fraction", "mask_images", "softmax"]
+__all__ = ["BASELINES", "CURVE_STEPS", "DEFAULT_METRICS", "KEEP_FRACTION", "KEEP_FRACTIONS", "METRICS",
+           "AverageDropIncrease", "keep_count", "keep_top_fraction", "mask_images", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -34,6 +35,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 #: the share of pixels an interpretation keeps for the AD/AI evaluation (the paper's 20%); the default
 #: of ``evaluation.keep_fraction`` and of the core functions below
 KEEP_FRACTION = 0.2
+#: the faithfulness metrics ``evaluation.metrics`` selects beside AD/AI at ``KEEP_FRACTION``
+#: (:mod:`repint.scoring`): AD/AI at several kept shares, RISE's deletion/insertion curves, ROAD's
+#: keep/remove with noisy linear imputation, and how alike an interpretation's reused maps are
+METRICS = ("ad-ai", "deletion-insertion", "road", "representativeness")
+DEFAULT_METRICS = METRICS
+#: the kept shares of ``ad-ai`` and ``road`` (``evaluation.keep_fractions``)
+KEEP_FRACTIONS = (0.1, 0.2, 0.5)
+#: the steps of a deletion/insertion curve (``evaluation.curve_steps``) and what removed pixels become
+CURVE_STEPS = 8
+BASELINES = ("black", "blur")
 
 
 def keep_count(height: int, width: int, fraction: float = KEEP_FRACTION) -> int:

@@ -14,7 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["FeatureArray", "euclidean_neighbours", "most_representative", "rank_similar", "semantic_distance"]
+__all__ = ["FeatureArray", "distinct_polytopes", "euclidean_neighbours", "most_representative", "rank_similar",
+           "semantic_distance"]
 
 
 class FeatureArray(Protocol):
@@ -61,3 +62,13 @@ def most_representative(n_covered: np.ndarray, n: int) -> list[int]:
     """The ``n`` interpretations whose polytopes cover the most reference images, ``|P ∩ R|`` from
     ``n_covered`` ``[V]``, most first (ties: lowest id)."""
     return [int(c) for c in np.argsort(-np.asarray(n_covered), kind="stable")[:n]]
+
+
+def distinct_polytopes(covered: np.ndarray) -> np.ndarray:
+    """Which interpretations are one: ``[V]`` the index of the first interpretation with the same covered
+    set (row of ``covered`` ``[V, N]``); ``len(np.unique(out))`` is the number of distinct polytopes.
+    Centres of one class often share one polytope, so ``|V|`` centres may be fewer interpretations."""
+    covered = np.asarray(covered, dtype=bool)
+    first: dict[bytes, int] = {}
+    return np.array([first.setdefault(np.packbits(row).tobytes() + len(row).to_bytes(8, "little"), v)
+                     for v, row in enumerate(covered)], dtype=np.int64)

@@ -68,6 +68,12 @@ class MethodResult:
     per_run: tuple[RunScore, ...] | None = None
     covered_unseen: float | None = None
     covered_unseen_std: float | None = None
+    scores: Mapping[str, Mapping[str, float]] | None = None  # repint.scoring: metric -> split -> value (mean)
+    scores_std: Mapping[str, Mapping[str, float]] | None = None
+    per_class: Mapping[str, Mapping[str, float]] | None = None  # predicted class -> metric -> value (mean)
+    n_covered: float | None = None  # unseen images RI's polytopes cover (the "covered" split)
+    curves: Mapping[str, Sequence[float]] | None = None  # deletion/insertion: the mean curve per (mode-baseline)
+    distinct_polytopes: float | None = None  # RI's methods: distinct covered sets among the |V| polytopes
 
     @property
     def n_runs(self) -> int:
@@ -86,7 +92,10 @@ class MethodResult:
         return cls(method=method, mAD=r["mAD"], mAI=r["mAI"], mAD_std=r.get("mAD_std"), mAI_std=r.get("mAI_std"),
                    runs=r.get("runs"), n=r.get("n"),
                    per_run=None if per_run is None else tuple(RunScore(p["mAD"], p["mAI"]) for p in per_run),
-                   covered_unseen=r.get("covered_unseen"), covered_unseen_std=r.get("covered_unseen_std"))
+                   covered_unseen=r.get("covered_unseen"), covered_unseen_std=r.get("covered_unseen_std"),
+                   scores=r.get("metrics"), scores_std=r.get("metrics_std"), per_class=r.get("per_class"),
+                   n_covered=r.get("n_covered"), curves=r.get("curves"),
+                   distinct_polytopes=r.get("distinct_polytopes"))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``summary.json`` entry: mAD, mAD_std, mAI, mAI_std, runs, n, per_run, covered_unseen,
@@ -95,13 +104,45 @@ class MethodResult:
                              "runs": self.runs, "n": self.n,
                              "per_run": None if self.per_run is None else
                              [{"mAD": p.mAD, "mAI": p.mAI} for p in self.per_run],
-                             "covered_unseen": self.covered_unseen, "covered_unseen_std": self.covered_unseen_std}
+                             "covered_unseen": self.covered_unseen, "covered_unseen_std": self.covered_unseen_std,
+                             "metrics": self.scores, "metrics_std": self.scores_std, "per_class": self.per_class,
+                             "n_covered": self.n_covered, "curves": self.curves,
+                             "distinct_polytopes": self.distinct_polytopes}
         return {k: v for k, v in d.items() if v is not None}
 
 
 def _mean_std(values: Sequence[Any], ddof: int) -> tuple[np.ndarray, float, float]:
     a = np.array(values)
     return a, float(a.mean()), float(a.std(ddof=ddof))
+
+
+def _nested_mean_std(values: Sequence[Mapping[str, Mapping[str, float]] | None],
+                     ddof: int) -> tuple[dict[str, dict[str, float]] | None, dict[str, dict[str, float]] | None]:
+    """Mean and std over runs of ``outer -> inner -> value`` dicts (NaN-aware; None where a run lacks them)."""
+    if not values or any(v is None for v in values):
+        return None, None
+    mean: dict[str, dict[str, float]] = {}
+    std: dict[str, dict[str, float]] = {}
+    for outer, inner in values[0].items():  # type: ignore[union-attr]
+        mean[outer], std[outer] = {}, {}
+        for key in inner:
+            a = np.array([v.get(outer, {}).get(key, np.nan) for v in values], dtype=float)  # type: ignore[union-attr]
+            ok = a[np.isfinite(a)]
+            mean[outer][key] = float(ok.mean()) if len(ok) else float("nan")
+            std[outer][key] = float(ok.std(ddof=ddof)) if len(ok) > ddof else 0.0
+    return mean, std
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else float(np.mean(values))  # type: ignore[arg-type]
+
+
+def _mean_curves(values: Sequence[Mapping[str, Sequence[float]] | None]) -> dict[str, list[float]] | None:
+    """The runs' mean curves, point by point (None where a run lacks them)."""
+    if not values or any(v is None for v in values):
+        return None
+    return {k: np.mean([v[k] for v in values], axis=0).round(5).tolist()  # type: ignore[index]
+            for k in values[0] if all(k in v for v in values)}  # type: ignore[union-attr, operator]
 
 
 @dataclass(frozen=True)
@@ -145,10 +186,16 @@ class Results:
             cov_mean = cov_std = None
             if "covered_unseen" in first:
                 _, cov_mean, cov_std = _mean_std([r[method]["covered_unseen"] for r in per_run], ddof)
+            scores, scores_std = _nested_mean_std([r[method].get("metrics") for r in per_run], ddof)
+            per_class, _ = _nested_mean_std([r[method].get("per_class") for r in per_run], ddof)
+            n_cov = [r[method]["n_covered"] for r in per_run if "n_covered" in r[method]]
             out.append(MethodResult(
                 method, ad_mean, ai_mean, ad_std, ai_std, runs=len(per_run), n=first.get("n"),
                 per_run=tuple(RunScore(float(a), float(i)) for a, i in zip(ad, ai, strict=True)),
-                covered_unseen=cov_mean, covered_unseen_std=cov_std))
+                covered_unseen=cov_mean, covered_unseen_std=cov_std, scores=scores, scores_std=scores_std,
+                per_class=per_class, n_covered=float(np.mean(n_cov)) if n_cov else None,
+                curves=_mean_curves([r[method].get("curves") for r in per_run]),
+                distinct_polytopes=_mean_of([r[method].get("distinct_polytopes") for r in per_run])))
         return cls(tuple(out), dataset, len(per_run), n_unseen)
 
     def methods_dict(self) -> dict[str, dict[str, Any]]:
@@ -214,6 +261,12 @@ def _covered_of_n(m: MethodResult, i: int, res: Results) -> str:
     return "" if m.covered_unseen is None else f"{m.covered_unseen:.0f}/{m.n}"
 
 
+def _distinct(m: MethodResult, i: int, res: Results) -> str:
+    """``10`` distinct polytopes (RI's methods; ``10.4`` as a mean over runs)."""
+    d = m.distinct_polytopes
+    return "" if d is None else (f"{d:.0f}" if float(d).is_integer() else f"{d:.1f}")
+
+
 def _covered_share(m: MethodResult, i: int, res: Results) -> str:
     """``45 / 50 (90.0%)``, ``45.0 ± 1.0 / 50 (90.0%)`` for several runs (the HTML report)."""
     if m.covered_unseen is None:
@@ -244,7 +297,8 @@ VIEWS: dict[str, tuple[Column, ...]] = {
     # plain text: the CLI's table
     "text": (Column("method", _name, _name_width), Column("mAD (%)", _mean("mAD", "study"), _mean_width),
              Column("mAI (%)", _mean("mAI", "study"), _mean_width),
-             Column("covered unseen", _covered_of_n, lambda res: 16)),
+             Column("covered unseen", _covered_of_n, lambda res: 16),
+             Column("distinct polytopes", _distinct, lambda res: 20)),
     # rows: a run's table artifact (repint-ad-ai), the study's (repint-table-1), the HTML template's rows
     # and the HTML report's table artifact (repint-report-table)
     "run": (Column("method", _name), Column("mAD (%)", _value("mAD")), Column("mAI (%)", _value("mAI")),
@@ -312,12 +366,20 @@ def text_report(summary: Mapping[str, Any], out: str | None = None) -> str:
     """What ``repint demo`` / ``repint run`` print for a run's or a study's summary: the data line, the
     results table (``to_text``), the polytopes and the time, and where the output is (``out``, else the
     store's folder)."""
+    from repint.scoretable import scores_text
+
     p = summary["polytopes"]
+    results = Results.from_summary(summary)
+    scores = scores_text(results)
+    distinct = summary.get("n_distinct_polytopes")
     return "\n".join([
         f"RepInt on {summary['dataset']}: {summary['n_reference']} reference / {summary['n_unseen']} unseen "
-        f"images, {summary['n_classes']} classes, {summary['n_interpretations']} interpretations, "
-        f"|Q| = {summary['q']} ({summary['q_sampling']})", "",
-        to_text(Results.from_summary(summary)), "",
+        f"images, {summary['n_classes']} classes, {summary['n_interpretations']} interpretations"
+        + (f" ({distinct:.0f} distinct polytopes)" if distinct is not None else "")
+        + f", |Q| = {summary['q']} ({summary['q_sampling']})", "",
+        to_text(results), "",
+        *(["every metric on all unseen images, on those RI's polytopes cover, and on those that fall back "
+           "(↓ lower is better, ↑ higher; docs/fidelity.md):", scores, ""] if scores else []),
         f"polytopes: mean size {p['mean_size']:.1f}, mean coverage {p['mean_covered']:.1f} reference "
         f"images, mean purity {p['mean_purity']:.3f}",
         f"time: {summary['timings_s'].get('total', float('nan')):.1f} s; "

@@ -13,10 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VARIANT_KEYS", "Variant"]
+__all__ = ["EVALUATION_KEYS", "OWN_STORE_KEYS", "VARIANT_KEYS", "Variant"]
 
 #: the ``interpretation`` settings a variant may change
-VARIANT_KEYS = ("q", "q_sampling", "orient")
+VARIANT_KEYS = ("q", "q_sampling", "solver", "orient")
+#: those of them that change what the store's stages hold, and what: a variant setting one needs a
+#: store of its own (``flows.studies.variant_plan``); the others (``orient``) run on the run's store
+OWN_STORE_KEYS = {"q": "Q", "q_sampling": "Q", "solver": "the polytopes"}
+#: the ``evaluation`` settings a variant may change (RI's fallback for the images no polytope covers)
+EVALUATION_KEYS = ("fallback",)
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -82,7 +87,14 @@ class Variant:
     def interpretation(self, base: Any) -> Any:
         """The ``interpretation`` settings (an ``InterpretationConfig``) this variant runs with:
         ``base`` with the overrides, validated again."""
-        return type(base).model_validate({**base.model_dump(), **self.settings}) if self.overrides else base
+        own = {k: v for k, v in self.overrides if k not in EVALUATION_KEYS}
+        return type(base).model_validate({**base.model_dump(), **own}) if own else base
+
+    def evaluation(self, base: Any) -> Any:
+        """The ``evaluation`` settings (an ``EvaluationConfig``) this variant is evaluated with: ``base``
+        with the overrides of :data:`EVALUATION_KEYS`."""
+        own = {k: v for k, v in self.overrides if k in EVALUATION_KEYS}
+        return base.model_copy(update=own) if own else base
 
     def method(self) -> Any:
         """A fresh instance of the registered base method."""

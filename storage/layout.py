@@ -67,6 +67,7 @@ class StageKind:
     images: str = "{split}"
     dynamic: bool = False
     owns_group: bool = False  # nothing but the stage writes under its group (a reset deletes the group)
+    local_dims: tuple[str, ...] = ()  # dimensions each stage of the kind sizes for itself (evaluation settings)
 
     def __post_init__(self) -> None:
         if self.dynamic and not self.owns_group:
@@ -198,13 +199,18 @@ EVALUATE = StageKind("evaluate-{method}", "evaluation/{method}", units="chunks",
                      reads=("interpret", "signs"), owns_group=True, arrays=(
     _a("centre", ("N",), "i8", ("chunk",), -1),
     _a("covered", ("N",), "bool", ("chunk",), False),
-    *(_a(name, ("N",), "f8", ("chunk",), float("nan")) for name in ("y", "y_masked", "kept_fraction"))))
+    *(_a(name, ("N",), "f8", ("chunk",), float("nan")) for name in ("y", "y_masked", "kept_fraction")),
+    # repint.scoring's per-image columns: F kept shares, G curves of T points, th x tw thumbnails
+    *(_a(name, ("N", "F"), "f8", ("chunk", "F"), float("nan")) for name in ("y_kept", "road_keep", "road_remove")),
+    _a("curves", ("N", "G", "T"), "f8", ("chunk", "G", "T"), float("nan")),
+    _a("thumb", ("N", "th", "tw"), "f4", ("chunk", "th", "tw"), 0.0)), local_dims=("F", "G", "T", "th", "tw"))
 
 #: the unseen images' interpretation, rewritten by every evaluation (no stage: no completion records)
 ASSIGNMENT = StageKind("assign", "evaluation/assignment", images="unseen", arrays=(
     _a("nearest", ("N",), "i8", per_unit=False),
     _a("ri_centre", ("N",), "i8", per_unit=False),
-    _a("ri_covered", ("N",), "bool", per_unit=False)))
+    _a("ri_covered", ("N",), "bool", per_unit=False),
+    _a("fallback_centre", ("N", "R"), "i8", per_unit=False)))  # column r: the r-th rule of repint.assignment
 
 #: every kind of stage, in the pipeline's order
 STAGES: dict[str, StageKind] = {k.family: k for k in (INGEST, CENTRES, BOUNDARIES, SIGNS, POLYTOPES, INTERPRET,

@@ -234,6 +234,7 @@ class FeatureStore:
             if spec.per_unit:
                 shape = stage.resolve(spec.shape, sizes)
                 chunks = stage.resolve(spec.chunks, sizes) if spec.chunks is not None else None
+                chunks = None if chunks is None else tuple(max(1, c) for c in chunks)  # a zero-width array
                 self.require(path, shape, spec.dtype, chunks, fill_value=spec.fill_value,
                              compressors=FAST_COMPRESSORS if spec.fast else "auto")
         return self.pending_units(stage.name)

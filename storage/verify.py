@@ -158,10 +158,18 @@ class _Checker:
 
     def sizes(self, stage: Stage) -> dict[str, int]:
         """The dimensions bound so far, as ``stage`` sees them (``N``: its split's images)."""
-        out = {k: v for k, v in self.dims.items() if not k.startswith("N/")}
+        out = {k: v for k, v in self.dims.items() if "/" not in k}
         if f"N/{stage.split}" in self.dims:
             out["N"] = self.dims[f"N/{stage.split}"]
+        out.update({d: self.dims[k] for d in stage.kind.local_dims if (k := f"{d}/{stage.name}") in self.dims})
         return out
+
+    @staticmethod
+    def _dim_key(stage: Stage, dim: str) -> str:
+        """Where a bound dimension is kept: ``N`` per split, a stage's local ones per stage."""
+        if dim == "N":
+            return f"N/{stage.split}"
+        return f"{dim}/{stage.name}" if dim in stage.kind.local_dims else dim
 
     def expect(self, stage: Stage, path: str, spec: ArraySpec) -> zarr.Array | None:
         """``path`` exists with the declared shape (each dimension as bound by the arrays before it;
@@ -175,7 +183,7 @@ class _Checker:
         if len(arr.shape) == len(want):
             for d, s in zip(spec.shape, arr.shape, strict=True):
                 if isinstance(d, str) and d not in known:
-                    self.dims[f"N/{stage.split}" if d == "N" else d] = known[d] = int(s)
+                    self.dims[self._dim_key(stage, d)] = known[d] = int(s)
         if len(arr.shape) != len(want) or any(e is not None and e != s for e, s in zip(want, arr.shape, strict=True)):
             shown = "[" + ", ".join("*" if e is None else str(e) for e in want) + "]"
             self.report.error(f"shape {list(arr.shape)} does not match the other arrays (expected {shown})", path)

@@ -1,5 +1,6 @@
 """Evaluate: assign unseen images to interpretations, mask them by the reused interpretations, run
-the model on the masked images, and compute AD/AI."""
+the model on the masked images, and score them: AD/AI and the metrics of ``evaluation.metrics``
+(:mod:`repint.scoring`), every per-image column in the store, summaries split by RI's coverage."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from prefect import task
 from repint.assignment import assign, fallbacks
 from repint.metrics import AverageDropIncrease, mask_images, softmax
 from repint.model import PSI_MODULE
+from repint.ranking import distinct_polytopes
+from repint.scoring import ScoreSettings, mean_curves, score_images, summarise_scores
 from repint.signs import unpack_signs
 from repint.storage.layout import ASSIGNMENT, BOUNDARIES, CENTRES, EVALUATE, INGEST, POLYTOPES, SIGNS
 from repint.tasks.common import batched_forward, chunks, device, load_split, open_store, source, unit_key
@@ -37,27 +40,54 @@ def assign_unseen(spec: RunSpec) -> dict:
     out = ASSIGNMENT.of()
     for name in ("nearest", "ri_centre", "ri_covered"):
         store.write(out[name], getattr(a, name))
+    store.write(out["fallback_centre"], a.fallback_centre)
     return {"covered_unseen": int(a.ri_covered.sum()), "n_unseen": len(feats)}
+
+
+def _fallback(spec: RunSpec, method: Variant) -> str:
+    return method.evaluation(spec.evaluation).fallback
+
+
+def _settings(spec: RunSpec) -> ScoreSettings:
+    return ScoreSettings.of(spec.evaluation, spec.runtime.batch_size, spec.interpretation.seed)
 
 
 @task(name="prepare-evaluation", task_run_name="prepare-evaluation-{method}")
 def prepare_evaluation(spec: RunSpec, method: Variant) -> list[int]:
     store, stage = open_store(spec), EVALUATE.of(method.key)
     retire_label_stage(store, EVALUATE, method)
-    fallback = spec.evaluation.fallback  # hashed where it matters and differs from the rule stores had before it
+    fallback = _fallback(spec, method)  # hashed where it matters and differs from the rule stores had before it
+    settings = _settings(spec)
     fp = stage_fingerprint(store, stage, spec.evaluation.keep_fraction,
-                           *((fallback,) if method.method().uses_polytope and fallback != fallbacks()[0] else ()))
+                           *((fallback,) if method.method().uses_polytope and fallback != fallbacks()[0] else ()),
+                           *((settings.fingerprint(),) if settings.metrics else ()))
     if store.stage_complete(stage.name, fp):
         return []
-    return store.prepare(stage, fp, {"N": store.shape(INGEST.of("unseen")["predictions"])[0],
-                                     "chunk": spec.chunk_size})
+    side = int(spec.model["image_size"])
+    pending = store.prepare(stage, fp, {"N": store.shape(INGEST.of("unseen")["predictions"])[0],
+                                        "chunk": spec.chunk_size, **settings.sizes(side, side)})
+    store.update_attrs(stage.group, fractions=list(settings.fractions),
+                       curves=[f"{m}-{b}" for m, b in settings.curves], curve_steps=settings.steps)
+    return pending
+
+
+def _centres(store, method: Variant, spec: RunSpec, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The interpretation each image of ``[lo, hi)`` reuses (RI's methods: the covering polytope's, else
+    their fallback's; baselines: the nearest centre) and whether RI's polytopes cover it."""
+    assignment = ASSIGNMENT.of()
+    if not method.method().uses_polytope:
+        return store.read(assignment["nearest"], slice(lo, hi)), np.zeros(hi - lo, bool)
+    covered = store.read(assignment["ri_covered"], slice(lo, hi))
+    fallback = store.read(assignment["fallback_centre"], slice(lo, hi))[:, fallbacks().index(_fallback(spec, method))]
+    return np.where(covered, store.read(assignment["ri_centre"], slice(lo, hi)), fallback), covered
 
 
 @task(name="evaluate-chunk", task_run_name="evaluate-{method}-{chunk}", retries=1,
       cache_key_fn=unit_key(EVALUATE, "method"))
 def evaluate_chunk(spec: RunSpec, method: Variant, chunk: int) -> dict:
     """Mask one chunk of unseen images by the method's reused interpretation, run the model on the
-    masked images in batches, and store ``Y_c(e)`` and ``Y_c(e')``."""
+    masked images in batches, and store ``Y_c(e)``, ``Y_c(e')`` and the per-image columns of
+    :func:`repint.scoring.score_images`."""
     store, stage, unseen, m = open_store(spec), EVALUATE.of(method.key), INGEST.of("unseen"), method.method()
     sm = load_split(spec)
     m.bind(sm.composed, PSI_MODULE)
@@ -66,34 +96,56 @@ def evaluate_chunk(spec: RunSpec, method: Variant, chunk: int) -> dict:
     feats = store.read(unseen["features"], slice(lo, hi))
     logits = store.read(unseen["logits"], slice(lo, hi))
     cls = logits.argmax(1)
-    assignment = ASSIGNMENT.of()
-    centre = store.read(assignment["ri_centre" if m.uses_polytope else "nearest"], slice(lo, hi))
-    keep = np.zeros((hi - lo, *images.shape[-2:]), dtype=bool)
+    centre, covered = _centres(store, method, spec, lo, hi)
+    settings = _settings(spec)
+    fractions = (spec.evaluation.keep_fraction, *settings.fractions)
+    maps = np.zeros((hi - lo, *images.shape[-2:]), dtype=np.float32)
+    masks = np.zeros((len(fractions), hi - lo, *images.shape[-2:]), dtype=bool)
     for v in np.unique(centre):
         sel = centre == v
-        keep[sel] = m.keep_masks(load_interpretation(store, method, int(v)), images[sel], feats[sel],
-                                 spec.evaluation.keep_fraction)
-    with torch.no_grad():
-        out = batched_forward(sm.model, mask_images(images, keep), spec.runtime.batch_size, device(spec))
+        maps[sel], masks[:, sel] = m.reused_maps(load_interpretation(store, method, int(v)), images[sel],
+                                                 feats[sel], fractions)
+    dev = device(spec)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return batched_forward(sm.model, x, spec.runtime.batch_size, dev)
+
     rows = np.arange(hi - lo)
-    covered = store.read(assignment["ri_covered"], slice(lo, hi)) if m.uses_polytope else np.zeros(hi - lo, bool)
-    for name, value in (("centre", centre), ("covered", covered), ("y", softmax(logits)[rows, cls]),
-                        ("y_masked", softmax(out)[rows, cls]), ("kept_fraction", keep.reshape(hi - lo, -1).mean(1))):
+    y = softmax(logits)[rows, cls]
+    keep = masks[0]
+    scores = score_images(forward, images, cls, y, maps, masks[1:], settings)
+    for name, value in (("centre", centre), ("covered", covered), ("y", y),
+                        ("y_masked", softmax(forward(mask_images(images, keep)))[rows, cls]),
+                        ("kept_fraction", keep.reshape(hi - lo, -1).mean(1)), *scores.items()):
         store.write_region(stage[name], slice(lo, hi), value)
     store.mark_unit_done(stage.name, chunk)
     return {"method": method.label, "chunk": chunk, "n": hi - lo}
 
 
+def evaluation_records(store, method: Variant) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """One method's per-image columns, as stored."""
+    stage = EVALUATE.of(method.key)
+    return {name: store.read(stage[name]) for name, _ in ((a.name, a) for a in stage.kind.arrays)}
+
+
 @task(name="summarise-evaluation", task_run_name="summarise-{method}")
 def summarise_evaluation(spec: RunSpec, method: Variant) -> dict:
-    """mAD / mAI (percent) of one method over the unseen set, from the stored records."""
+    """mAD / mAI (percent) of one method over the unseen set, and every selected metric split by RI's
+    coverage and per predicted class, from the stored records."""
     store, stage = open_store(spec), EVALUATE.of(method.key)
     store.require_complete(stage.name)
+    rec = evaluation_records(store, method)
     metric = AverageDropIncrease()
-    metric.update(store.read(stage["y"]), store.read(stage["y_masked"]))
+    metric.update(rec["y"], rec["y_masked"])
     s = metric.summary()
     out = {"mAD": round(s["AD"], 4), "mAI": round(s["AI"], 4), "n": int(s["n"])}
     if method.method().uses_polytope:
-        out["covered_unseen"] = int(store.read(stage["covered"]).sum())
+        out["covered_unseen"] = int(rec["covered"].sum())
+        out["distinct_polytopes"] = len(np.unique(distinct_polytopes(store.read(POLYTOPES.of()["covered"]))))
     store.update_attrs(stage.group, **out)
-    return out
+    ri_covered = store.read(ASSIGNMENT.of()["ri_covered"])
+    classes = store.read(INGEST.of("unseen")["predictions"])
+    settings = _settings(spec)
+    return {**out, **summarise_scores(rec, ri_covered, classes, settings),
+            "curves": mean_curves(rec["curves"], settings.curves)}

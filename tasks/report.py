@@ -12,7 +12,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.heatmaps import display_image
 from repint.methods import get_method
+from repint.ranking import distinct_polytopes
 from repint.results import Results, to_markdown, to_rows
+from repint.scoretable import per_class_markdown, scores_markdown
 from repint.storage import redact_url
 from repint.storage.layout import BOUNDARIES, CENTRES, EVALUATE, INGEST, POLYTOPES
 from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
@@ -88,6 +90,7 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "q_sampling": spec.interpretation.q_sampling,
         "n_boundaries": store.shape(BOUNDARY["b"])[0],
         "n_distinct_boundaries": attrs.get("n_distinct_boundaries"),
+        "n_distinct_polytopes": len(np.unique(distinct_polytopes(store.read(POLYTOPE["covered"])))),
         "polytopes": {"mean_size": float(size.mean()), "mean_covered": float(n_cov.mean()),
                       "mean_purity": float(np.nanmean(store.read(POLYTOPE["purity"])))},
         "methods": results,
@@ -110,8 +113,10 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
     create_table_artifact(key="repint-ad-ai", table=to_rows(table, "run"), description=f"AD/AI on {spec.dataset}")
     md = [f"# RepInt run on {spec.dataset}", "",
           f"{summary['n_reference']} reference / {summary['n_unseen']} unseen images, "
-          f"{summary['n_interpretations']} interpretations, |Q| = {summary['q']} ({summary['q_sampling']}).", "",
-          to_markdown(table)]
+          f"{summary['n_interpretations']} interpretations ({summary['n_distinct_polytopes']} distinct polytopes), "
+          f"|Q| = {summary['q']} ({summary['q_sampling']}).", "",
+          to_markdown(table), "", "Every metric split by RI's coverage (↓ lower is better, ↑ higher):", "",
+          scores_markdown(table), "", "Per predicted class:", "", per_class_markdown(table)]
     md += ["", f"Polytopes: mean size {summary['polytopes']['mean_size']:.1f}, mean coverage "
                f"{summary['polytopes']['mean_covered']:.1f} reference images.", f"Output: `{out}`"]
     create_markdown_artifact(key="repint-summary", markdown="\n".join(md), description="RepInt summary")

@@ -11,23 +11,31 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.results import Results, to_markdown, to_rows
+from repint.scoretable import scores_markdown
+from repint.scoring import ScoreSettings, per_image_columns
 from repint.storage import redact_url
-from repint.storage.layout import EVALUATE, INGEST
+from repint.storage.layout import ASSIGNMENT, INGEST
 from repint.tasks.common import open_store
+from repint.tasks.evaluate import evaluation_records
 from repint.tasks.runspec import RunSpec
 
 
 def run_records(spec: RunSpec, run: int) -> pd.DataFrame:
-    """One row per (method, unseen image) of one run."""
+    """One row per (method, unseen image) of one run: its assignment (``covered``: inside the polytope
+    the method reused; ``ri_covered``: inside one of RI's, the tables' split) and every per-image value
+    of :func:`repint.scoring.per_image_columns`."""
     store, unseen = open_store(spec, mode="r"), INGEST.of("unseen")
     ids, preds, labels = (store.read(unseen[name]) for name in ("ids", "predictions", "labels"))
+    ri_covered = store.read(ASSIGNMENT.of()["ri_covered"])
+    settings = ScoreSettings.of(spec.evaluation, spec.runtime.batch_size, spec.interpretation.seed)
     frames = []
     for method in spec.methods:
-        ev = EVALUATE.of(method.key)
+        rec = evaluation_records(store, method)
         frames.append(pd.DataFrame({
             "method": method.label, "run": run, "seed": spec.interpretation.seed, "image_id": ids,
-            "class": preds, "label": labels, "centre": store.read(ev["centre"]), "covered": store.read(ev["covered"]),
-            "Y": store.read(ev["y"]), "Y_masked": store.read(ev["y_masked"])}))
+            "class": preds, "label": labels, "centre": rec["centre"], "covered": rec["covered"],
+            "ri_covered": ri_covered, "Y": rec["y"], "Y_masked": rec["y_masked"],
+            **per_image_columns(rec, settings)}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -54,5 +62,7 @@ def write_study(specs: list[RunSpec], summaries: list[dict[str, Any]], out_dir: 
     create_table_artifact(key="repint-table-1", table=to_rows(table, "study"),
                           description=f"Table 1 on {first['dataset']}")
     create_markdown_artifact(key="repint-table-1-md", markdown=f"# RepInt study on {first['dataset']}\n\n"
-                             f"{len(specs)} runs (seeds {summary['seeds']}).\n\n" + to_markdown(table, table1=True))
+                             f"{len(specs)} runs (seeds {summary['seeds']}).\n\n" + to_markdown(table, table1=True)
+                             + "\n\nEvery metric split by RI's coverage (↓ lower is better, ↑ higher):\n\n"
+                             + scores_markdown(table))
     return summary

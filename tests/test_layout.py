@@ -179,7 +179,8 @@ def test_stage_of_random_split_and_method_names(name, array):
 
 # FeatureStore.prepare ---------------------------------------------------------------------------------
 N, CHUNK, N_UNSEEN = 10, 4, 6
-SIZES = {"N": N, "K": 2, "h": 3, "w": 3, "C": 3, "chunk": CHUNK, "M": 13, "V": 5, "Q": 7}
+SIZES = {"N": N, "K": 2, "h": 3, "w": 3, "C": 3, "chunk": CHUNK, "M": 13, "V": 5, "Q": 7,
+         "F": 3, "G": 0, "T": 0, "th": 4, "tw": 4}  # the evaluation's: 3 kept shares, no curves (zero-wide)
 # what the prepare tasks created by hand: path -> shape, dtype, chunks, fill value
 BY_HAND = {
     "reference/features": ((N, 2, 3, 3), "float32", (CHUNK, 2, 3, 3), 0.0),
@@ -194,6 +195,10 @@ BY_HAND = {
     "evaluation/RI/centre": ((N_UNSEEN,), "int64", (CHUNK,), -1),
     "evaluation/RI/covered": ((N_UNSEEN,), "bool", (CHUNK,), False),
     **{f"evaluation/RI/{a}": ((N_UNSEEN,), "float64", (CHUNK,), np.nan) for a in ("y", "y_masked", "kept_fraction")},
+    **{f"evaluation/RI/{a}": ((N_UNSEEN, 3), "float64", (CHUNK, 3), np.nan) for a in ("y_kept", "road_keep",
+                                                                                      "road_remove")},
+    "evaluation/RI/curves": ((N_UNSEEN, 0, 0), "float64", (CHUNK, 1, 1), np.nan),  # zero-wide: chunks of 1
+    "evaluation/RI/thumb": ((N_UNSEEN, 4, 4), "float32", (CHUNK, 4, 4), 0.0),
 }
 
 

@@ -99,6 +99,33 @@ def test_ad_ai_recomputed_from_records(demo_run):
         assert np.allclose(kept, 205 / 1024)  # exactly round(0.2 * 32 * 32) pixels kept
 
 
+def test_every_metric_split_by_coverage_from_records(demo_run):
+    """The new metrics on the same reused maps: AD at the 20% kept share recomputed through
+    ``y_kept`` equals mAD (two separate masking paths), the splits partition the unseen images by RI's
+    coverage and each split's mAD is the drop over exactly those images; curves start at Y (deletion)
+    and end at it (insertion); ROAD keeps probabilities in [0, 1]."""
+    _, summary, store = demo_run
+    ri_covered = store.read("evaluation/assignment/ri_covered")
+    for method in ("RI", "Grad-CAM"):
+        m = summary["methods"][method]
+        y, ym = store.read(f"evaluation/{method}/y"), store.read(f"evaluation/{method}/y_masked")
+        assert m["metrics"]["AD@20"]["all"] == pytest.approx(m["mAD"], abs=1e-3)
+        assert m["n_covered"] == int(ri_covered.sum()) and len(ri_covered) == len(y) == summary["n_unseen"]
+        for split, sel in (("covered", ri_covered), ("uncovered", ~ri_covered)):
+            drop = 100 * np.mean(np.maximum(0, y[sel] - ym[sel]) / y[sel])
+            assert m["metrics"]["mAD"][split] == pytest.approx(drop, abs=1e-6)
+        curves = store.read(f"evaluation/{method}/curves")
+        names = store.node_attrs(f"evaluation/{method}")["curves"]
+        assert curves.shape == (len(y), len(names), 9)  # the default 8 steps
+        np.testing.assert_allclose(curves[:, names.index("deletion-black"), 0], y, rtol=1e-5)
+        np.testing.assert_allclose(curves[:, names.index("insertion-blur"), -1], y, rtol=1e-5)
+        road = store.read(f"evaluation/{method}/road_keep")
+        assert road.shape == (len(y), 3) and ((road >= 0) & (road <= 1)).all()
+        assert -1 <= m["metrics"]["rank-agreement"]["all"] <= 1
+    assert summary["n_distinct_polytopes"] <= summary["n_interpretations"]
+    assert summary["methods"]["RI"]["distinct_polytopes"] == summary["n_distinct_polytopes"]
+
+
 def test_rerun_does_no_work_twice(demo_run, prefect_harness):
     from repint.flows import pipeline
     from repint.flows.spec import build_spec

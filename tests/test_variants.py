@@ -14,8 +14,9 @@ from repint.storage import FeatureStore
 from repint.variants import Variant
 
 overrides = st.fixed_dictionaries({}, optional={
-    "q": st.integers(1, 10_000), "q_sampling": st.sampled_from(["reference-points", "boundary-search"]),
-    "orient": st.booleans()})
+    "q": st.integers(1, 10_000),
+    "q_sampling": st.sampled_from(["reference-points", "boundary-search", "boundary-search-authors"]),
+    "solver": st.sampled_from(["greedy", "authors"]), "orient": st.booleans()})
 
 
 @given(overrides)
@@ -62,6 +63,10 @@ def test_a_variant_runs_with_its_overrides_validated():
     ("variants: [{q: 0}]", "greater than or equal to 1"),
     ("methods: ['RI[orient=maybe]']", "'RI\\[orient=maybe\\]': orient: Input should be a valid boolean"),
     ("methods: ['RI[q=100]']", "changes Q, which needs a store of its own: .*variants: \\[\\{q: 100\\}\\]"),
+    ("methods: ['RI[solver=authors]']",
+     "changes the polytopes, which needs a store of its own: .*variants: \\[\\{solver: authors\\}\\]"),
+    ("methods: ['RI[q=9,solver=authors]']", "changes Q and the polytopes, which needs a store of its own"),
+    ("variants: [{solver: lazy}]", "solver"),
 ])
 def test_config_rejects_unknown_methods_and_variants(tmp_path, evaluation, message):
     from repint.config import load_config
@@ -95,6 +100,25 @@ def test_study_plans_orientation_on_the_run_store_and_q_variants_in_their_own(tm
     r2 = run_spec(v, 2, 5)
     assert r2.store.endswith("store-variant0-run2.zarr") and r2.interpretation.seed == 2
     assert r2.out_dir.endswith("variant-0/run-2")
+
+
+def test_the_authors_solver_is_a_variant_with_a_store_of_its_own(tmp_path):
+    from repint.flows.spec import build_spec
+    from repint.flows.studies import variant_plan
+    from repint.tasks.solve import solver_params
+    from repint.variants import OWN_STORE_KEYS, VARIANT_KEYS
+
+    assert set(VARIANT_KEYS) - set(OWN_STORE_KEYS) == {"orient"}  # only orient stays on the run's store
+    cfg = Config.model_validate({"data": {"kind": "digits", "limit": 60}, "evaluation": {
+        "methods": ["RI"], "variants": [{"solver": "authors"}, {"orient": False}]}})
+    assert cfg.interpretation.solver == "greedy"  # the paper's
+    spec = build_spec(cfg, tmp_path / "out")
+    main, (v,) = variant_plan(spec)
+    assert main.evaluation.methods == ["RI", "RI[orient=false]"] and main.interpretation.solver == "greedy"
+    assert v.evaluation.methods == ["RI[solver=authors]"] and v.interpretation.solver == "authors"
+    assert v.store.endswith("store-variant0.zarr")
+    # the polytopes' fingerprint names the solver only when it is not the default
+    assert solver_params(main) == () and solver_params(v) == ("authors",)
 
 
 def test_runs_resample_a_per_class_reference_set(tmp_path):

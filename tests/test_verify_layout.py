@@ -15,6 +15,7 @@ from repint.storage.verify import stage_arrays, verify_store
 
 N, CHUNK, K, H, W, C, M, V, Q = 10, 4, 2, 2, 2, 3, 11, 4, 5
 SIZES = {"N": N, "K": K, "h": H, "w": W, "C": C, "chunk": CHUNK, "M": M, "V": V, "Q": Q}
+EVAL_SIZES = {"F": 3, "G": 4, "T": 9, "th": 4, "tw": 4}  # kept shares, curves, their points, thumbnails
 
 
 def finish(store: FeatureStore, stage: Stage) -> None:
@@ -65,7 +66,7 @@ def full_store(path: str) -> FeatureStore:
     for v in range(V):
         store.write(interpret[f"c{v}/channel_weights"], np.ones((2, K)))
     finish(store, interpret)
-    store.prepare(EVALUATE.of("RI"), "f" * 16, SIZES)
+    store.prepare(EVALUATE.of("RI"), "f" * 16, {**SIZES, **EVAL_SIZES})
     finish(store, EVALUATE.of("RI"))
     return store
 
@@ -81,6 +82,22 @@ def test_a_store_of_every_stage_is_sound(tmp_path):
         f"interpretations/RI/c{v}/channel_weights" for v in range(V)]
     assert stage_arrays("signs-unseen", None) == ["signs/unseen"]  # type: ignore[arg-type]
     assert stage_arrays("no-such-stage", None) == []  # type: ignore[arg-type]
+
+
+def test_evaluations_of_other_metric_settings_are_each_sound(tmp_path):
+    """The evaluation's dimensions (kept shares, curves, thumbnails) are each stage's own: a method
+    evaluated under other settings (a stage left from an earlier config) is no mismatch, but a
+    stage whose own arrays disagree is."""
+    store = full_store(str(tmp_path / "s.zarr"))
+    other = EVALUATE.of("Grad-CAM")
+    store.prepare(other, "f" * 16, {**SIZES, "F": 1, "G": 0, "T": 0, "th": 0, "tw": 0})
+    finish(store, other)
+    report = verify_store(str(tmp_path / "s.zarr"), sample=N)
+    assert report.ok, report.text()
+    store.write("evaluation/Grad-CAM/road_keep", np.zeros((N, 2)))
+    report = verify_store(str(tmp_path / "s.zarr"), sample=N)
+    assert [(f.path, f.message) for f in report.errors] == [
+        ("evaluation/Grad-CAM/road_keep", "shape [10, 2] does not match the other arrays (expected [10, 1])")]
 
 
 @pytest.mark.parametrize("damage, path, message", [

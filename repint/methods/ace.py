@@ -31,6 +31,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -275,6 +276,14 @@ class ACE(Method):
                 if out[j].mean() > fraction:
                     break
         return out
+
+    def reused_maps(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
+                    fractions: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """The graded maps of :meth:`heatmaps` (whole segments in keeping order, for the curves) and the
+        whole-segment keep-masks of :meth:`keep_masks` at each share (segments cached between them)."""
+        maps = self.heatmaps(interpretation, images, features)
+        masks = [self.keep_masks(interpretation, images, features, f) for f in fractions]
+        return maps, np.stack(masks) if masks else np.zeros((0, *maps.shape), bool)
 
     def shown_maps(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
                    fraction: float) -> tuple[np.ndarray, np.ndarray]:

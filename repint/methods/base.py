@@ -8,6 +8,7 @@ CAM-style methods override only :meth:`CAMMethod.channel_weights`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -76,6 +77,16 @@ class Method(ABC):
         """What a figure shows of the interpretation on ``images``: its heat maps and keep-masks."""
         maps = self.heatmaps(interpretation, images, features)
         return maps, keep_top_fraction(maps, fraction)
+
+    def reused_maps(self, interpretation: dict[str, np.ndarray], images: np.ndarray, features: np.ndarray,
+                    fractions: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """What the evaluation scores: the heat maps ``[n, H, W]`` (their order drives deletion and
+        insertion) and the keep-masks ``[F, n, H, W]`` at each kept share, from one computation of the
+        maps; each mask is what :meth:`keep_masks` gives at that share."""
+        maps = self.heatmaps(interpretation, images, features)
+        masks = np.stack([keep_top_fraction(maps, f) for f in fractions]) if len(fractions) else (
+            np.zeros((0, *maps.shape), bool))
+        return maps, masks
 
 
 class CAMMethod(Method):
