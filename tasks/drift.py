@@ -14,7 +14,8 @@ matched pair the report gives
 - ``mAD_prev``, ``mAD``, ``mAI_prev``, ``mAI``: RI's AD / AI on the unseen images assigned to the
   centre in each version;
 
-and, per method, the change of mAD / mAI over the whole unseen set.
+and, per method, the change of mAD / mAI over the whole unseen set, and how many distinct polytopes
+(covered sets) each version's centres give (``n_distinct_polytopes``, ``n_distinct_polytopes_prev``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from repint.drift import align_covers, compared_images, jaccard_matrix, match_centres, pearson_rows
 from repint.methods import get_method
 from repint.metrics import AverageDropIncrease
+from repint.ranking import distinct_polytopes
 from repint.storage import FeatureStore
 from repint.storage.layout import CENTRES, EVALUATE, INGEST, POLYTOPES
 
@@ -112,6 +114,8 @@ def drift_report(prev: FeatureStore, new: FeatureStore, image_size: int, prev_me
         return _round(float(np.mean(vals))) if vals else None
 
     return {"n_centres": len(centres), "n_centres_prev": len(cov_p), "n_matched": len(matched),
+            "n_distinct_polytopes": len(np.unique(distinct_polytopes(cov_n))),
+            "n_distinct_polytopes_prev": len(np.unique(distinct_polytopes(cov_p))),
             "shared_reference_images": int(np.isin(ids_n, ids_p).sum()),
             "mean_jaccard": mean("jaccard"), "mean_heatmap_correlation": mean("heatmap_correlation"),
             "mean_abs_size_change": _round(float(np.mean([abs(c["size_change"]) for c in matched])))
@@ -122,12 +126,17 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _distinct(drift: dict[str, Any], suffix: str) -> str:
+    n = drift.get(f"n_distinct_polytopes{suffix}")  # absent from drift reports written before it was counted
+    return "" if n is None else f" ({n} distinct polytopes)"
+
+
 def drift_markdown(drift: dict[str, Any], prev_version: int, version: int, changed: list[str]) -> str:
     """The drift report as markdown (the Prefect artifact and ``drift.md``)."""
     lines = [f"# Drift: version {prev_version} → {version}", "",
              f"Changed since version {prev_version}: {', '.join(changed) or 'nothing'}. "
-             f"{drift['n_matched']} of {drift['n_centres']} centres matched to the previous "
-             f"{drift['n_centres_prev']}; mean Jaccard of covered reference images "
+             f"{drift['n_matched']} of {drift['n_centres']} centres{_distinct(drift, '')} matched to the previous "
+             f"{drift['n_centres_prev']}{_distinct(drift, '_prev')}; mean Jaccard of covered reference images "
              f"{_fmt(drift['mean_jaccard'], 3)}, mean heat-map correlation "
              f"{_fmt(drift['mean_heatmap_correlation'], 3)}, mean |Δ|P|| {_fmt(drift['mean_abs_size_change'], 2)}.",
              "", "| method | mAD before | mAD after | ΔmAD | mAI before | mAI after | ΔmAI |",

@@ -5,8 +5,6 @@ inline: the page needs no network and no other file."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from repint.storage import FeatureStore, redact_url
 from repint.storage.layout import CENTRES, EVALUATE, INGEST, POLYTOPES
 from repint.tasks.casestudy import representative_centres
 from repint.tasks.common import logger, open_store, source
+from repint.tasks.htmlfigures import curve_figures, figure_data_uri, per_class_table, png_data_uri, score_table
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
 
@@ -32,21 +31,11 @@ UNSEEN = INGEST.of("unseen")
 POLYTOPE = POLYTOPES.of()
 CENTRE = CENTRES.of()
 
-__all__ = ["MAX_REUSED", "TEMPLATES", "render_html", "results_rows", "write_html_report"]
+__all__ = ["MAX_REUSED", "TEMPLATES", "faithfulness", "figure_data_uri", "png_data_uri", "render_html",
+           "results_rows", "write_html_report"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_REUSED = 6  # unseen images shown per interpretation
-
-
-def png_data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def figure_data_uri(fig: Any) -> str:
-    """A matplotlib ``Figure`` (Agg canvas) as a PNG ``data:`` URI."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return png_data_uri(buf.getvalue())
 
 
 def _hwc(image: np.ndarray) -> np.ndarray:
@@ -230,6 +219,23 @@ def run_timings(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def faithfulness(results: Results, class_names: list[str]) -> dict[str, Any]:
+    """The template's faithfulness sections: ``scores`` (every metric per method and coverage split),
+    ``curves`` (a PNG per deletion / insertion kind) and ``per_class``; ``None`` / ``[]`` where the
+    summary lacks them (the sections are then left out)."""
+    return {"scores": score_table(results), "curves": curve_figures(results),
+            "per_class": per_class_table(results, class_names)}
+
+
+def _class_names(spec: RunSpec, results: Results) -> list[str]:
+    if not any(m.per_class for m in results.methods):
+        return []
+    try:
+        return list(source(spec, "reference").class_names)
+    except Exception:  # names are a nicety: the ids stand in
+        return []
+
+
 def render_html(context: dict[str, Any]) -> str:
     """Render ``templates/report.html.j2`` (autoescaped; a missing variable is an error)."""
     import jinja2
@@ -264,6 +270,8 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
         "timings": {k: float(v) for k, v in summary.get("timings_s", {}).items()},
         "run_timings": run_timings(specs, out),
         "keep_percent": 100 * spec.evaluation.keep_fraction,
+        "n_distinct": summary.get("n_distinct_polytopes"),
+        **faithfulness(table, _class_names(spec, table)),
     }
     path = out / "report.html"
     path.write_text(render_html(context), encoding="utf-8")

@@ -70,6 +70,7 @@ def test_drift_against_an_identical_version_is_none(history):
     assert same["version"] == 2 and same["changed"] == ["forced"]
     drift = json.loads((history["out"] / "v0002" / "drift.json").read_text())
     assert drift["n_matched"] == drift["n_centres"] == drift["n_centres_prev"] == 10
+    assert 1 <= drift["n_distinct_polytopes"] == drift["n_distinct_polytopes_prev"] <= 10  # the same covered sets
     for c in drift["centres"]:
         assert c["previous_centre"] == c["centre"]
         assert c["jaccard"] == 1.0 and c["size_change"] == 0
@@ -101,6 +102,8 @@ def test_a_changed_checkpoint_gives_a_new_version_and_drift(history):
     assert "# Drift: version 2 → 3" in md and "| RI |" in md
     html = (out / "v0003" / "report.html").read_text()
     assert 'id="drift-heading"' in html and 'id="drift-centres"' in html
+    distinct = [f"({drift[k]} distinct polytopes)" for k in ("n_distinct_polytopes", "n_distinct_polytopes_prev")]
+    assert all(d in md for d in distinct) and all(d in " ".join(html.split()) for d in distinct)
 
 
 def test_drift_is_a_prefect_artifact(history):

@@ -31,18 +31,24 @@ DATA_PNG = "data:image/png;base64,"
 
 
 class _Page(HTMLParser):
-    """The parts of the page the test checks: every src/href, the images, the tables by id, the galleries."""
+    """The parts of the page the test checks: every src/href, the images (and their alt text), the tables by
+    id (cell texts, and beside them each cell's class and each row's data- attributes), the galleries, the text."""
 
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
         self.images: list[str] = []
+        self.alts: list[str] = []
         self.tables: dict[str, list[list[str]]] = {}
+        self.classes: dict[str, list[list[str]]] = {}
+        self.row_data: dict[str, list[dict[str, str]]] = {}
+        self.text: list[str] = []
         self.sections: list[str] = []
         self._table: list[list[str]] | None = None
         self._row: list[str] | None = None
         self._cell: list[str] | None = None
         self._tables: list[list[list[str]]] = []
+        self._id: list[str] = []
 
     @classmethod
     def of(cls, path: Path) -> _Page:
@@ -55,20 +61,25 @@ class _Page(HTMLParser):
         self.links += [v for k, v in attrs if k in ("src", "href") and v is not None]
         if tag == "img":
             self.images.append(a.get("src") or "")
+            self.alts.append(a.get("alt") or "")
         elif tag == "section" and (a.get("id") or "").startswith("interpretation-"):
             self.sections.append(a["id"] or "")
         elif tag == "table":
             self._table = []
             self._tables.append(self._table)
-            if a.get("id"):
-                self.tables[a["id"] or ""] = self._table
-            else:
-                self.tables.setdefault(f"_{a.get('class')}_{len(self._tables)}", self._table)
+            key = a.get("id") or f"_{a.get('class')}_{sum(k.startswith('_') for k in self.tables)}"
+            self._id.append(key)
+            self.tables.setdefault(key, self._table)
+            self.classes.setdefault(key, [])
+            self.row_data.setdefault(key, [])
         elif tag == "tr" and self._table is not None:
             self._row = []
             self._table.append(self._row)
+            self.classes[self._id[-1]].append([])
+            self.row_data[self._id[-1]].append({k[5:]: v or "" for k, v in attrs if k.startswith("data-")})
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
+            self.classes[self._id[-1]][-1].append(a.get("class") or "")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None and self._row is not None:
@@ -76,11 +87,97 @@ class _Page(HTMLParser):
             self._cell = None
         elif tag == "table":
             self._tables.pop()
+            self._id.pop()
             self._table = self._tables[-1] if self._tables else None
 
     def handle_data(self, data: str) -> None:
+        self.text.append(data)
         if self._cell is not None:
             self._cell.append(data)
+
+
+SPLITS = ("all", "covered", "uncovered")
+CURVES = ("deletion-black", "insertion-black", "deletion-blur", "insertion-blur")
+
+
+def _shown(key: str, value: float | None) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{3 if key == 'rank-agreement' else 2}f}"
+
+
+def _best_rows(values: dict[int, float | None], key: str) -> set[int]:
+    """Which rows hold the best of a column (as shown), computed here from the summary's numbers."""
+    from repint.scoring import HIGHER_IS_BETTER
+
+    shown = {i: float(_shown(key, v)) for i, v in values.items() if _shown(key, v) != "–"}
+    if len(shown) < 2:
+        return set()
+    best = (max if HIGHER_IS_BETTER[key.split("@")[0]] else min)(shown.values())
+    return {i for i, v in shown.items() if v == best}
+
+
+def check_faithfulness(page: _Page, summary: dict[str, Any]) -> None:
+    """The split table, the curves and the per-class table carry ``summary``'s numbers."""
+    methods, runs = summary["methods"], int(summary.get("runs", 1))
+    head, *rows = page.tables["scores"]
+    keys = [h.rsplit(" ", 1)[0] for h in head[2:]]
+    assert head[:2] == ["Method", "Split"] and keys == list(methods["RI"]["metrics"])
+    assert {"mAD", "mAI", "AD@10", "deletion-blur", "insertion-blur", "ROAD-keep@20", "rank-agreement"} <= set(keys)
+    assert [h[-1] for h in head[2:]] == ["↑" if k in ("mAI", "rank-agreement") or k.startswith(("AI@", "insertion",
+                                         "ROAD-remove")) else "↓" for k in keys]
+    # one row per method x split, in order, each cell the summary's value (± the study's std)
+    assert [(d["method"], d["split"]) for d in page.row_data["scores"][1:]] == [(m, s) for m in methods for s in SPLITS]
+    n = {m: r["n"] for m, r in methods.items()}
+    for row, d in zip(rows, page.row_data["scores"][1:], strict=True):
+        r = methods[d["method"]]
+        count = {"all": n[d["method"]], "covered": r["n_covered"], "uncovered": n[d["method"]] - r["n_covered"]}
+        shown = f"{count[d['split']]:.0f}" if d["split"] == "all" or runs == 1 else f"{count[d['split']]:.1f}"
+        assert row[:2] == [d["method"], f"{d['split']} ({shown})"]  # a study's mean count of covered images
+        for key, cell in zip(keys, row[2:], strict=True):
+            text = _shown(key, r["metrics"][key][d["split"]])
+            if runs > 1 and text != "–":
+                text += " ± " + _shown(key, r["metrics_std"][key][d["split"]])
+            assert cell == text, (d, key)
+    # the best of each column within each split is bold, and only it
+    bold = page.classes["scores"][1:]
+    for split in SPLITS:
+        at = [i for i, d in enumerate(page.row_data["scores"][1:]) if d["split"] == split]
+        for j, key in enumerate(keys):
+            best = _best_rows({i: methods[page.row_data["scores"][1 + i]["method"]]["metrics"][key][split]
+                               for i in at}, key)
+            assert {i for i in at if "best" in bold[i][2 + j].split()} == best, (split, key)
+            if split == "all":
+                assert best  # every method has every metric on all images
+    # the deletion / insertion curves: one decodable small PNG per kind, plotting curves whose area is the score
+    kinds = [k for k in CURVES if k in methods["RI"]["curves"]]
+    assert kinds == list(CURVES)
+    curves = [src for src, alt in zip(page.images, page.alts, strict=True) if alt.endswith(" curves")]
+    assert [alt for alt in page.alts if alt.endswith(" curves")] == [f"{k} curves" for k in kinds]
+    for src in curves:
+        with Image.open(io.BytesIO(base64.b64decode(src[len(DATA_PNG):], validate=True))) as im:
+            assert im.format == "PNG" and im.size == (320, 240)
+            grey = np.asarray(im.convert("L"), dtype=np.float32)
+            assert grey.var() > 0 and (grey < 128).mean() > 0.01  # axes, lines and legend drawn
+    for r in methods.values():
+        for k in kinds:
+            y = np.asarray(r["curves"][k])
+            assert len(y) > 2 and np.all((y >= 0) & (y <= 1))
+            area = 100 * float(np.sum((y[1:] + y[:-1]) / 2) / (len(y) - 1))
+            assert area == pytest.approx(r["metrics"][k]["all"], abs=0.05)  # the legend's AUC is the curve's
+    # per predicted class: one row per class x method with the summary's per-class values
+    head, *rows = page.tables["per-class"]
+    keys = [h.rsplit(" ", 1)[0] for h in head[2:]]
+    assert keys == ["mAD", "deletion-blur", "insertion-blur", "ROAD-keep@20"]
+    classes = sorted(methods["RI"]["per_class"], key=lambda c: (len(c), c))
+    data = page.row_data["per-class"][1:]
+    assert [(d["class"], d["method"]) for d in data] == [(c, m) for c in classes for m in methods]
+    for row, d in zip(rows, data, strict=True):
+        vals = methods[d["method"]]["per_class"][d["class"]]
+        assert row[1:] == [d["method"], *(_shown(k, vals[k]) for k in keys)]
+    # the interpretations and the distinct polytopes they make
+    text = " ".join(" ".join(page.text).split())
+    assert f"{summary['n_interpretations']} interpretations ({summary['n_distinct_polytopes']} distinct polytopes)" \
+        in text
+    assert 1 <= summary["n_distinct_polytopes"] <= summary["n_interpretations"]
 
 
 def html_report(specs: list[Any], summary: dict[str, Any], out_dir: str) -> Path:
@@ -127,6 +224,7 @@ def test_page_carries_the_results_and_embeds_every_figure(report):
     assert rows["RI"][6].startswith(f"{on_disk['methods']['RI']['covered_unseen']:.0f} / {on_disk['n_unseen']} ")
     poly = {r[0]: r[1] for r in page.tables["polytopes"]}
     assert poly["mean size |P| (boundaries)"] == f"{on_disk['polytopes']['mean_size']:.2f}"
+    check_faithfulness(page, on_disk)
 
     # galleries: the most covering interpretations of the store, with the scores stored for their reuse
     store = FeatureStore(str(out / "store.zarr"), mode="r")
@@ -145,8 +243,8 @@ def test_page_carries_the_results_and_embeds_every_figure(report):
     assert params["layer (ψ)"] == on_disk["layer"] and params["|Q|"] == str(on_disk["q"])
     assert store.attrs["store_id"] in {r[3] for r in page.tables["runs"]}
 
-    # every image is an embedded PNG that decodes: 2 per gallery + every case study in the folder
-    assert len(page.images) == 2 * 2 + len(list(out.glob("case-study-*.png")))
+    # every image is an embedded PNG that decodes: 2 per gallery + every case study in the folder + 4 curves
+    assert len(page.images) == 2 * 2 + len(list(out.glob("case-study-*.png"))) + len(CURVES)
     for src in page.images:
         assert src.startswith(DATA_PNG)
         with Image.open(io.BytesIO(base64.b64decode(src[len(DATA_PNG):], validate=True))) as im:
@@ -181,9 +279,13 @@ def test_a_study_of_several_runs_shows_mean_std_and_each_run(report, tmp_path):
         (Path(specs[0].out_dir) / fig.name).write_bytes(fig.read_bytes())
     (Path(specs[1].out_dir) / "case-study-9.png").write_bytes((out / "case-study-probe.png").read_bytes())
     methods = {m: {**r, "mAD_std": 1.5, "mAI_std": 0.25, "runs": 2,
-                   "per_run": [{"mAD": r["mAD"] - 1, "mAI": r["mAI"]}, {"mAD": r["mAD"] + 1, "mAI": r["mAI"]}]}
+                   "per_run": [{"mAD": r["mAD"] - 1, "mAI": r["mAI"]}, {"mAD": r["mAD"] + 1, "mAI": r["mAI"]}],
+                   "metrics_std": {k: {s: 0.5 + i for s in SPLITS} for i, k in enumerate(r["metrics"])}}
                for m, r in summary["methods"].items()}
-    page = _Page.of(html_report(specs, {**summary, "methods": methods, "runs": 2, "seeds": [0, 1]}, str(tmp_path)))
+    study = {**summary, "methods": methods, "runs": 2, "seeds": [0, 1]}
+    page = _Page.of(html_report(specs, study, str(tmp_path)))
+    check_faithfulness(page, study)
+    assert page.tables["scores"][1][2] == f"{methods['RI']['metrics']['mAD']['all']:.2f} ± 0.50"
     rows = {r[1]: r for r in page.tables["results"][1:]}
     for method, r in methods.items():
         assert rows[method][2] == f"{r['mAD']:.2f} ± 1.50" and rows[method][3] == f"{r['mAI']:.2f} ± 0.25"
@@ -191,7 +293,37 @@ def test_a_study_of_several_runs_shows_mean_std_and_each_run(report, tmp_path):
     per_run = {r[0]: r[1:] for r in page.tables["per-run"][1:]}
     assert per_run["RI"][1] == f"{methods['RI']['mAD'] + 1:.2f} / {methods['RI']['mAI']:.2f}"
     assert page.tables["run-timings"][1:] == [["0", "1.0", "9.0"], ["1", "2.0", "9.0"]]
-    assert len(page.images) == 2 * 2 + 1  # the galleries of run 0 and run 1's case study
+    assert len(page.images) == 2 * 2 + 1 + len(CURVES)  # the galleries of run 0, run 1's case study, the curves
+
+
+def test_a_summary_without_the_scores_leaves_their_sections_out(report, tmp_path):
+    """An old summary (mAD / mAI only) and one of ``evaluation.metrics: []`` (AD / AI split, no curves)."""
+    _, _, summary, spec = report
+    old = {k: v for k, v in summary.items() if k != "n_distinct_polytopes"}
+    old["methods"] = {m: {k: v for k, v in r.items() if k not in ("metrics", "metrics_std", "per_class", "curves",
+                                                                    "n_covered")}
+                      for m, r in summary["methods"].items()}
+    page = _Page.of(html_report([spec], old, str(tmp_path / "old")))
+    assert {"results", "polytopes", "parameters"} <= set(page.tables)
+    assert not {"scores", "per-class"} & set(page.tables)
+    case_studies = len(list(Path(spec.out_dir).glob("case-study-*.png")))  # the run's, embedded as before
+    assert not [a for a in page.alts if a.endswith(" curves")] and len(page.images) == 2 * 2 + case_studies
+    text = " ".join(" ".join(page.text).split())
+    assert f"{summary['n_interpretations']} interpretations, |Q|" in text and "distinct polytopes" not in text
+    html = (tmp_path / "old" / "report.html").read_text(encoding="utf-8")
+    assert "Faithfulness, split by coverage" not in html and "Deletion and insertion curves" not in html
+
+    bare = {**summary, "methods": {m: {**r, "metrics": {k: r["metrics"][k] for k in ("mAD", "mAI")},
+                                       "metrics_std": {k: r["metrics_std"][k] for k in ("mAD", "mAI")},
+                                       "per_class": {c: {"mAD": v["mAD"], "mAI": v["mAI"]}
+                                                     for c, v in r["per_class"].items()}, "curves": {}}
+                                   for m, r in summary["methods"].items()}}
+    page = _Page.of(html_report([spec], bare, str(tmp_path / "bare")))
+    assert page.tables["scores"][0] == ["Method", "Split", "mAD ↓", "mAI ↑"]
+    assert len(page.tables["scores"]) == 1 + 3 * len(summary["methods"])
+    assert page.tables["per-class"][0] == ["Class", "Method", "mAD ↓"]
+    assert not [a for a in page.alts if a.endswith(" curves")] and 'id="curves"' not in \
+        (tmp_path / "bare" / "report.html").read_text(encoding="utf-8")
 
 
 def test_results_rows_of_a_study_show_mean_and_std():
@@ -332,6 +464,14 @@ def test_page_renders_in_headless_chromium(request, tmp_path):
         images = json.loads(images)
         assert len(images) == len(_Page.of(path).images) and all(ok and w > 0 and h > 0 for ok, w, h in images)
         assert browser.evaluate("document.querySelectorAll('#results tbody tr').length") == len(summary["methods"])
+        assert browser.evaluate("document.querySelectorAll('#scores tbody tr').length") == 3 * len(summary["methods"])
+        assert json.loads(browser.evaluate("JSON.stringify(Array.from(document.querySelectorAll('#curves img'))"
+                                           ".map(i => [i.complete, i.naturalWidth, i.naturalHeight]))")) == \
+            [[True, 320, 240]] * 4
+        weights = json.loads(browser.evaluate(
+            "JSON.stringify(Array.from(document.querySelectorAll('#scores td'))"
+            ".map(c => [c.classList.contains('best'), getComputedStyle(c).fontWeight]))"))
+        assert any(b for b, _ in weights) and all((int(w) >= 700) == b for b, w in weights)
         shot = tmp_path / "report.png"
         browser.screenshot(shot)
     finally:
