@@ -32,6 +32,7 @@ from repint.app.bench.evaluation import (
     interpretation_input,
     segment_cache_reset,
 )
+from repint.app.bench.fidelity import bench_metric, forwards_per_image
 from repint.app.bench.ingest import (
     PeakRSS,
     bench_ingest_memory,
@@ -50,6 +51,7 @@ from repint.app.bench.targets import (
     DEFAULT_GROUPS,
     EVAL_MIN_RATIO,
     GROUPS,
+    METRIC_MIN_RATIO,
     PSI_SHAPE,
     SCORECAM_MIN_RATIO,
     SLOW_METHODS,
@@ -59,7 +61,8 @@ from repint.app.bench.targets import (
 )
 
 __all__ = [
-    "CHILD_ENV", "DEFAULT_GROUPS", "DEFAULT_OUT", "EVAL_MIN_RATIO", "GROUPS", "PSI_SHAPE", "SCORECAM_MIN_RATIO",
+    "CHILD_ENV", "DEFAULT_GROUPS", "DEFAULT_OUT", "EVAL_MIN_RATIO", "GROUPS", "METRIC_MIN_RATIO", "bench_metric",
+    "forwards_per_image", "PSI_SHAPE", "SCORECAM_MIN_RATIO",
     "SLOW_METHODS", "PeakRSS", "Result", "add_arguments", "alternating", "bench_demo", "bench_evaluation",
     "bench_ingest_memory", "bench_ingest_throughput", "bench_scorecam_batching", "bench_signs", "bench_signs_dask",
     "bench_solver", "bench_solver_vs_dense", "eval_setup", "ingest_child", "ingest_setup", "interpretation_input",

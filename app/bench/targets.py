@@ -12,10 +12,12 @@ import numpy as np
 from repint.app.bench.common import Result
 from repint.app.bench.demo import bench_demo
 from repint.app.bench.evaluation import bench_evaluation, bench_scorecam_batching
+from repint.app.bench.fidelity import bench_metric
 from repint.app.bench.ingest import bench_ingest_memory, bench_ingest_throughput
 from repint.app.bench.signs import bench_signs, bench_signs_dask
 from repint.app.bench.solver import bench_solver, bench_solver_vs_dense
 from repint.config import ALL_METHODS
+from repint.metrics import METRICS
 
 # Evaluation: throughput of the evaluation stage over plain batched inference of the same images; a
 # method without a target here (ACE, or one added to the registry since) is measured and reported.
@@ -25,7 +27,11 @@ EVAL_MIN_RATIO: dict[str, float | None] = {"RI": 0.7, "Grad-CAM": 0.7, "Grad-CAM
 # magnitude below plain inference by design, so fewer images and repeats, measured last
 SLOW_METHODS = ("ACE",)
 SCORECAM_MIN_RATIO = 5.0
-GROUPS = ("ingest", "signs", "dask", "solver", "evaluation", "score-cam", "memory", "demo")
+# each faithfulness metric over plain batched inference of as many images as it forwards; ROAD's imputation
+# (one sparse solve per batch) is measured against the same target
+METRIC_MIN_RATIO: dict[str, float | None] = {"ad-ai": 0.7, "deletion-insertion": 0.7, "road": 0.7,
+                                             "representativeness": None}
+GROUPS = ("ingest", "signs", "dask", "solver", "evaluation", "metrics", "score-cam", "memory", "demo")
 DEFAULT_GROUPS = GROUPS[:-1]  # the demo (minutes, training included) only when asked for
 PSI_SHAPE = (64, 8, 8)  # vgg-small's ψ on 32x32 images (the demo's)
 
@@ -54,6 +60,9 @@ def plan(quick: bool, only: set[str] | None = None) -> list[tuple[str, Callable[
                           else (n_eval, eval_repeats, {}))
         steps.append(("evaluation", lambda m=method, n=n, reps=reps, extra=extra:
                       bench_evaluation(m, n, EVAL_MIN_RATIO.get(m), reps, **extra)))
+    for metric in METRICS:
+        steps.append(("metrics", lambda metric=metric: bench_metric(metric, n_eval, METRIC_MIN_RATIO.get(metric),
+                                                                   eval_repeats)))
     steps.append(("score-cam", lambda: bench_scorecam_batching(min_ratio=SCORECAM_MIN_RATIO, repeats=repeats)))
     steps.append(("memory", lambda: bench_ingest_memory(1_000 if quick else 2_000, factor=10)))
     steps.append(("demo", bench_demo))
