@@ -81,8 +81,9 @@ def evaluate_flow(spec: RunSpec) -> dict[str, dict]:
     assign_unseen(spec)
     results = {}
     for method in spec.methods:
-        run_units(spec, INTERPRET.of(method.key).name, prepare_interpretations(spec, method), interpret_centre, method,
-                  description=f"interpret {method}")
+        interp = method.interpreted  # a variant of the evaluation only (its fallback) reuses its base's
+        run_units(spec, INTERPRET.of(interp.key).name, prepare_interpretations(spec, interp), interpret_centre, interp,
+                  description=f"interpret {interp}")
         run_units(spec, EVALUATE.of(method.key).name, prepare_evaluation(spec, method), evaluate_chunk, method,
                   description=f"evaluate {method}")
         results[method.label] = summarise_evaluation(spec, method)

@@ -147,8 +147,10 @@ class EvaluationConfig(_Strict):
 
     @field_validator("metrics", "baselines")
     @classmethod
-    def _once_each(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
+    def _once_each(cls, value: list[str], info: Any) -> list[str]:
+        """Each once, in the declared order (so that a reordered list is the same setting)."""
+        order = METRICS if info.field_name == "metrics" else BASELINES
+        return [m for m in order if m in value]
 
     @field_validator("variants")
     @classmethod

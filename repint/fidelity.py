@@ -247,7 +247,8 @@ def _fill_batch(images: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return out
 
 
-def road_impute(images: np.ndarray, remove_mask: np.ndarray, noise: float = 0.01, seed: int = 0) -> np.ndarray:
+def road_impute(images: np.ndarray, remove_mask: np.ndarray, noise: float = 0.01, seed: int = 0,
+                seeds: Sequence[Any] | None = None) -> np.ndarray:
     r"""Noisy linear imputation of ROAD (Rong et al., ICML 2022) of the pixels ``remove_mask`` ``[n, H, W]`` (True):
 
     .. math::
@@ -260,8 +261,10 @@ def road_impute(images: np.ndarray, remove_mask: np.ndarray, noise: float = 0.01
     ``NoisyLinearImputer`` (pytorch_grad_cam), built vectorised for a batch of images and solved at once
     (tested equal to theirs with its noise off). The noise ``ε`` of image ``j`` is
     ``default_rng(seed + j).standard_normal((C, H, W))`` at the removed pixels (a pixel's draw does not depend on which
-    others are removed; torch's global RNG is neither used nor advanced). Kept pixels are returned bit-identical;
-    nothing is clipped. An image with every pixel removed has no data to interpolate: it becomes ``0 + σε``.
+    others are removed; torch's global RNG is neither used nor advanced), or from ``default_rng(seeds[j])``
+    where ``seeds`` gives each image its own (an int or a tuple of ints, e.g. its index in the whole set).
+    Kept pixels are returned bit-identical; nothing is clipped. An image with every pixel removed has no
+    data to interpolate: it becomes ``0 + σε``.
     """
     images, remove_mask = np.asarray(images), np.asarray(remove_mask, dtype=bool)
     if images.ndim != 4 or remove_mask.shape != (images.shape[0], *images.shape[2:]):
@@ -269,16 +272,18 @@ def road_impute(images: np.ndarray, remove_mask: np.ndarray, noise: float = 0.01
                          f"{remove_mask.shape}")
     if len(images) == 0:
         return images.copy()
-    return _impute(images, remove_mask, noise, seed + np.arange(len(images)))
+    own = list(seeds) if seeds is not None else list(seed + np.arange(len(images)))
+    return _impute(images, remove_mask, noise, own)
 
 
-def _impute(images: np.ndarray, remove_mask: np.ndarray, noise: float, seeds: np.ndarray) -> np.ndarray:
+def _impute(images: np.ndarray, remove_mask: np.ndarray, noise: float, seeds: Sequence[Any]) -> np.ndarray:
     filled = _fill_batch(images, remove_mask)
     out = np.array(images, copy=True)
     for j in np.flatnonzero(remove_mask.any(axis=(1, 2))):
         value = filled[j][:, remove_mask[j]].astype(np.float64)
         if noise:
-            value += noise * np.random.default_rng(int(seeds[j])).standard_normal(out.shape[1:])[:, remove_mask[j]]
+            rng = np.random.default_rng(seeds[j] if isinstance(seeds[j], tuple) else int(seeds[j]))
+            value += noise * rng.standard_normal(out.shape[1:])[:, remove_mask[j]]
         out[j][:, remove_mask[j]] = value
     return out
 

@@ -22,7 +22,8 @@ index; ACE: whole segments), the per-image columns are:
 
 Every table splits each score by RI's coverage: on the unseen images some polytope of their class
 covers (``covered``), on those that fall back (``uncovered``), and on all (the paper's number); the
-baselines are split by the same images, so the columns compare like with like.
+baselines are split by the same images, so the columns compare like with like (an RI variant with
+polytopes of its own, in a store of its own, is split by its own coverage).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class ScoreSettings:
                 "th": min(height, 16) if thumb else 0, "tw": min(width, 16) if thumb else 0}
 
     def fingerprint(self) -> tuple[Any, ...]:
-        return (self.metrics, self.fractions, self.steps if self.curves else None,
+        """What changes the per-image columns (a setting a selected metric does not use is left out)."""
+        shares = "ad-ai" in self.metrics or "road" in self.metrics
+        return ("scores-v1", self.metrics, self.fractions if shares else None, self.steps if self.curves else None,
                 self.baselines if self.curves else None, self.seed if "road" in self.metrics else None)
 
 
@@ -88,11 +91,13 @@ def _probabilities(forward: Forward, images: np.ndarray, classes: np.ndarray) ->
 
 
 def score_images(forward: Forward, images: np.ndarray, classes: np.ndarray, y: np.ndarray, maps: np.ndarray,
-                 masks: np.ndarray, settings: ScoreSettings) -> dict[str, np.ndarray]:
+                 masks: np.ndarray, settings: ScoreSettings, first: int = 0) -> dict[str, np.ndarray]:
     """The per-image columns of the selected metrics for ``images`` ``[n, C, H, W]`` in pixel space,
     their classes ``[n]`` and ``Y`` ``[n]``, the reused ``maps`` ``[n, H, W]`` and keep-masks ``masks``
     ``[F, n, H, W]`` (one per kept share): ``y_kept`` / ``road_keep`` / ``road_remove`` ``[n, F]``,
-    ``curves`` ``[n, G, T]``, ``thumb`` ``[n, th, tw]`` (absent metrics: zero-width arrays)."""
+    ``curves`` ``[n, G, T]``, ``thumb`` ``[n, th, tw]`` (absent metrics: zero-width arrays). ``first`` is
+    the index of ``images[0]`` in the unseen set: ROAD's noise of image ``e`` at share ``i`` is drawn
+    from ``default_rng([seed, e, i, keep/remove])``, whatever the chunking."""
     n, s = len(images), settings
     size = s.sizes(*images.shape[-2:])
     out = {"y_kept": np.full((n, size["F"]), np.nan), "road_keep": np.full((n, size["F"]), np.nan),
@@ -100,19 +105,22 @@ def score_images(forward: Forward, images: np.ndarray, classes: np.ndarray, y: n
            "thumb": np.zeros((n, size["th"], size["tw"]), np.float32)}
     if n == 0:
         return out
+    index = first + np.arange(n)
     for i, keep in enumerate(masks if size["F"] else ()):
         if "ad-ai" in s.metrics:
             out["y_kept"][:, i] = _probabilities(forward, mask_images(images, keep), classes)
         if "road" in s.metrics:
-            seed = s.seed + 1009 * i
-            out["road_keep"][:, i] = _probabilities(
-                forward, fidelity.road_impute(images, ~keep, seed=seed).astype(images.dtype), classes)
-            out["road_remove"][:, i] = _probabilities(
-                forward, fidelity.road_impute(images, keep, seed=seed + 1).astype(images.dtype), classes)
+            for name, removed, mode in (("road_keep", ~keep, 0), ("road_remove", keep, 1)):
+                seeds = [(s.seed, int(e), i, mode) for e in index]
+                imputed = fidelity.road_impute(images, removed, seeds=seeds).astype(images.dtype, copy=False)
+                out[name][:, i] = _probabilities(forward, imputed, classes)
+    y_baseline: dict[str, np.ndarray] = {}
     for g, (mode, baseline) in enumerate(s.curves):
+        if baseline not in y_baseline:  # the end of deletion is the start of insertion: one forward
+            y_baseline[baseline] = _probabilities(forward, fidelity.baseline_images(images, baseline), classes)
         out["curves"][:, g] = fidelity.perturbation_curves(forward, images, maps, classes, mode=mode,
                                                            baseline=baseline, steps=s.steps, batch=s.batch,
-                                                           y_full=y)
+                                                           y_full=y, y_baseline=y_baseline[baseline])
     if size["th"]:
         out["thumb"] = fidelity.thumbnail(maps)
     return out
@@ -181,6 +189,12 @@ def _scores(rec: Mapping[str, np.ndarray], sel: np.ndarray, settings: ScoreSetti
     return out
 
 
+def _finite(scores: dict[str, float]) -> dict[str, float | None]:
+    """``None`` for what cannot be computed (an empty split, no interpretation with two images): valid
+    JSON, and equal to itself when a re-run's summary is compared with the first's."""
+    return {k: (v if np.isfinite(v) else None) for k, v in scores.items()}
+
+
 def summarise_scores(rec: Mapping[str, np.ndarray], covered: np.ndarray, classes: np.ndarray,
                      settings: ScoreSettings) -> dict[str, Any]:
     """The summary of one method's per-image columns ``rec`` (``y``, ``centre`` and those of
@@ -189,9 +203,9 @@ def summarise_scores(rec: Mapping[str, np.ndarray], covered: np.ndarray, classes
     is RI's coverage."""
     covered = np.asarray(covered, bool)
     splits = {"all": np.ones_like(covered), "covered": covered, "uncovered": ~covered}
-    by_split = {name: _scores(rec, sel, settings) for name, sel in splits.items()}
+    by_split = {name: _finite(_scores(rec, sel, settings)) for name, sel in splits.items()}
     metrics = {k: {name: by_split[name][k] for name in SPLITS} for k in metric_keys(settings)}
-    per_class = {str(int(c)): _scores(rec, classes == c, settings) for c in np.unique(classes)}
+    per_class = {str(int(c)): _finite(_scores(rec, classes == c, settings)) for c in np.unique(classes)}
     return {"metrics": metrics, "per_class": per_class, "n_covered": int(covered.sum()),
             "n_uncovered": int((~covered).sum())}
 

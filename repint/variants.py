@@ -90,6 +90,12 @@ class Variant:
         own = {k: v for k, v in self.overrides if k not in EVALUATION_KEYS}
         return type(base).model_validate({**base.model_dump(), **own}) if own else base
 
+    @property
+    def interpreted(self) -> Variant:
+        """The variant whose interpretations this one reuses: without the overrides of
+        :data:`EVALUATION_KEYS` (``RI[fallback=least-violated]`` reuses ``RI``'s)."""
+        return Variant(self.base, tuple((k, v) for k, v in self.overrides if k not in EVALUATION_KEYS))
+
     def evaluation(self, base: Any) -> Any:
         """The ``evaluation`` settings (an ``EvaluationConfig``) this variant is evaluated with: ``base``
         with the overrides of :data:`EVALUATION_KEYS`."""

@@ -45,6 +45,7 @@ class ArraySpec:
     fill_value: Any = None
     fast: bool = False
     per_unit: bool = True
+    later: bool = False  # added after stores were first written: a complete stage of before may lack it
 
     @property
     def kind(self) -> str:
@@ -201,9 +202,11 @@ EVALUATE = StageKind("evaluate-{method}", "evaluation/{method}", units="chunks",
     _a("covered", ("N",), "bool", ("chunk",), False),
     *(_a(name, ("N",), "f8", ("chunk",), float("nan")) for name in ("y", "y_masked", "kept_fraction")),
     # repint.scoring's per-image columns: F kept shares, G curves of T points, th x tw thumbnails
-    *(_a(name, ("N", "F"), "f8", ("chunk", "F"), float("nan")) for name in ("y_kept", "road_keep", "road_remove")),
-    _a("curves", ("N", "G", "T"), "f8", ("chunk", "G", "T"), float("nan")),
-    _a("thumb", ("N", "th", "tw"), "f4", ("chunk", "th", "tw"), 0.0)), local_dims=("F", "G", "T", "th", "tw"))
+    *(_a(name, ("N", "F"), "f8", ("chunk", "F"), float("nan"), later=True)
+      for name in ("y_kept", "road_keep", "road_remove")),
+    _a("curves", ("N", "G", "T"), "f8", ("chunk", "G", "T"), float("nan"), later=True),
+    _a("thumb", ("N", "th", "tw"), "f4", ("chunk", "th", "tw"), 0.0, later=True)),
+    local_dims=("F", "G", "T", "th", "tw"))
 
 #: the unseen images' interpretation, rewritten by every evaluation (no stage: no completion records)
 ASSIGNMENT = StageKind("assign", "evaluation/assignment", images="unseen", arrays=(

@@ -58,9 +58,10 @@ def prepare_evaluation(spec: RunSpec, method: Variant) -> list[int]:
     retire_label_stage(store, EVALUATE, method)
     fallback = _fallback(spec, method)  # hashed where it matters and differs from the rule stores had before it
     settings = _settings(spec)
-    fp = stage_fingerprint(store, stage, spec.evaluation.keep_fraction,
+    # read: the interpretations the method reuses (a fallback variant's are its base's)
+    fp = stage_fingerprint(store, EVALUATE.of(method.interpreted.key), spec.evaluation.keep_fraction,
                            *((fallback,) if method.method().uses_polytope and fallback != fallbacks()[0] else ()),
-                           *((settings.fingerprint(),) if settings.metrics else ()))
+                           settings.fingerprint())  # a stage of before the metrics is evaluated again
     if store.stage_complete(stage.name, fp):
         return []
     side = int(spec.model["image_size"])
@@ -114,7 +115,7 @@ def evaluate_chunk(spec: RunSpec, method: Variant, chunk: int) -> dict:
     rows = np.arange(hi - lo)
     y = softmax(logits)[rows, cls]
     keep = masks[0]
-    scores = score_images(forward, images, cls, y, maps, masks[1:], settings)
+    scores = score_images(forward, images, cls, y, maps, masks[1:], settings, first=lo)
     for name, value in (("centre", centre), ("covered", covered), ("y", y),
                         ("y_masked", softmax(forward(mask_images(images, keep)))[rows, cls]),
                         ("kept_fraction", keep.reshape(hi - lo, -1).mean(1)), *scores.items()):

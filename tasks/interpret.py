@@ -81,4 +81,4 @@ def interpret_centre(spec: RunSpec, method: Variant, centre: int) -> dict:
 
 def load_interpretation(store: FeatureStore, method: Variant | str, centre: int) -> dict[str, np.ndarray]:
     """The stored interpretation of ``centre`` by ``method`` (a variant or a method's label)."""
-    return store.read_group(INTERPRET.of(Variant.parse(method).key)[f"c{centre}"])
+    return store.read_group(INTERPRET.of(Variant.parse(method).interpreted.key)[f"c{centre}"])

@@ -31,13 +31,14 @@ __all__ = ["INDEX", "add_version", "pending_version", "read_index", "version_fin
 INDEX = "versions.json"
 #: settings added after versions were first fingerprinted: hashed only once they leave their default,
 #: so that an index written before them does not see a change that is none
-LATER_SETTINGS = {"interpretation": ("solver",), "evaluation": ("fallback",)}
+LATER_SETTINGS = {"interpretation": ("solver",),
+                  "evaluation": ("fallback", "metrics", "keep_fractions", "curve_steps", "baselines")}
 
 
 def _settings(section: str, config: BaseModel) -> dict[str, Any]:
     values = config.model_dump()
     for name in LATER_SETTINGS.get(section, ()):
-        if values.get(name) == type(config).model_fields[name].default:
+        if values.get(name) == type(config).model_fields[name].get_default(call_default_factory=True):
             values.pop(name)
     return values
 

@@ -23,6 +23,7 @@ def demo_run(prefect_harness, repint_cache, tmp_path_factory):
 
     cfg = tiny_config(240, 2, 30, runner="dask")  # the default runner: a local Dask cluster on 127.0.0.1
     cfg.runtime.chunk_size = 64
+    cfg.evaluation.methods = [*cfg.evaluation.methods, "RI[fallback=least-violated]"]
     out = tmp_path_factory.mktemp("demo")
     spec = build_spec(cfg, out)
     summary = pipeline(spec)
@@ -39,7 +40,7 @@ def test_summary_file_matches_returned_summary(demo_run):
     assert on_disk["n_classes"] == 10
     assert on_disk["n_interpretations"] == 20
     assert on_disk["n_boundaries"] == 30
-    assert set(on_disk["methods"]) == {"RI", "Grad-CAM"}
+    assert set(on_disk["methods"]) == {"RI", "Grad-CAM", "RI[fallback=least-violated]"}
     assert on_disk["methods"]["RI"]["mAD"] == summary["methods"]["RI"]["mAD"]
     assert 0 <= on_disk["methods"]["RI"]["covered_unseen"] <= on_disk["n_unseen"]
     for fig in on_disk["figures"]:
@@ -126,6 +127,27 @@ def test_every_metric_split_by_coverage_from_records(demo_run):
     assert summary["methods"]["RI"]["distinct_polytopes"] == summary["n_distinct_polytopes"]
 
 
+def test_a_fallback_variant_reuses_ris_interpretations(demo_run):
+    """RI[fallback=least-violated] is evaluated beside RI from the same interpretations (no stage of
+    its own) and the same assignment: the covered images keep RI's polytope, the others get the
+    least-violated rule's centre, which has the image's class wherever some centre has it."""
+    _, summary, store = demo_run
+    stages = store.attrs["stages"]
+    assert "interpret-RI.fallback-least-violated" not in stages and stages["evaluate-RI.fallback-least-violated"]
+    from repint.assignment import fallbacks
+
+    covered = store.read("evaluation/assignment/ri_covered")
+    ri, lv = store.read("evaluation/RI/centre"), store.read("evaluation/RI.fallback-least-violated/centre")
+    rule = store.read("evaluation/assignment/fallback_centre")[:, fallbacks().index("least-violated")]
+    np.testing.assert_array_equal(lv[covered], ri[covered])
+    np.testing.assert_array_equal(lv[~covered], rule[~covered])
+    preds, centre_class = store.read("unseen/predictions"), store.read("centres/predicted_class")
+    has = np.isin(preds, centre_class)
+    assert (centre_class[lv[has]] == preds[has]).all()
+    m = summary["methods"]["RI[fallback=least-violated]"]
+    assert m["metrics"]["mAD"]["covered"] == pytest.approx(summary["methods"]["RI"]["metrics"]["mAD"]["covered"])
+
+
 def test_rerun_does_no_work_twice(demo_run, prefect_harness):
     from repint.flows import pipeline
     from repint.flows.spec import build_spec
@@ -138,6 +160,7 @@ def test_rerun_does_no_work_twice(demo_run, prefect_harness):
     mtimes = {p: p.stat().st_mtime_ns for p in chunk_files}
     cfg = tiny_config(240, 2, 30)
     cfg.runtime.chunk_size = 64
+    cfg.evaluation.methods = [*cfg.evaluation.methods, "RI[fallback=least-violated]"]
     again = pipeline(build_spec(cfg, out))
     assert again["methods"] == summary["methods"]
     store2 = FeatureStore(str(out / "store.zarr"), mode="r")

@@ -90,7 +90,7 @@ def test_summary_split_by_coverage_by_hand():
     assert m["ROAD-remove@50"] == pytest.approx({"all": 50.0, "covered": 50.0, "uncovered": 50.0})
     # images 0 and 1 share centre 0 with identical maps (rho 1); centre 1 has one image: no pair
     assert m["rank-agreement"]["all"] == pytest.approx(1.0)
-    assert math.isnan(m["rank-agreement"]["covered"])  # images 0 (centre 0) and 2 (centre 1): no pair
+    assert m["rank-agreement"]["covered"] is None  # images 0 (centre 0) and 2 (centre 1): no pair
     assert s["n_covered"] == 2 and s["n_uncovered"] == 1
     assert s["per_class"]["5"]["mAD"] == pytest.approx(50.0) and s["per_class"]["3"]["mAD"] == pytest.approx(25.0)
     cols = per_image_columns(_records(), ALL)
@@ -117,3 +117,25 @@ def test_tables_show_every_split_and_direction():
 def test_distinct_polytopes():
     covered = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1], [0, 0, 0], [0, 1, 0]], bool)
     assert distinct_polytopes(covered).tolist() == [0, 1, 0, 3, 1]
+
+
+def test_road_keep_and_remove_on_a_ramp_by_hand():
+    """A 3x3 ramp x[r, c] = c whose map puts the centre first, w = 1 at pixel (0, 0) only (z = x[0, 0]).
+    Keeping 1/9 (the centre, value 1) imputes every other pixel from it: x[0, 0] -> 1, z = 1.
+    Removing the centre imputes it from its neighbours and leaves x[0, 0] = 0: z = 0. ROAD's noise is
+    0.01, so both within 0.01 of the hand values; swapping keep and remove would give 0 and 1."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(9, 2, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0] + [0.0] * 8, [0.0] * 9]))
+    images = np.tile(np.arange(3, dtype=np.float32), (3, 1))[None, None]
+    maps = np.zeros((1, 3, 3), np.float32)
+    maps[0, 1, 1] = 1.0
+    settings = ScoreSettings(("road",), (1 / 9,), 2, ("black",))
+    out = score_images(_forward(net.eval()), images, np.array([0]), np.array([0.5]), maps, (maps > 0.5)[None],
+                       settings)
+    assert out["road_keep"][0, 0] == pytest.approx(sigmoid(1.0), abs=0.01)
+    assert out["road_remove"][0, 0] == pytest.approx(sigmoid(0.0), abs=0.01)
+    again = score_images(_forward(net.eval()), images, np.array([0]), np.array([0.5]), maps, (maps > 0.5)[None],
+                         settings, first=7)  # another image index: other noise, same values within it
+    assert again["road_keep"][0, 0] != out["road_keep"][0, 0]
+    assert again["road_keep"][0, 0] == pytest.approx(sigmoid(1.0), abs=0.01)

@@ -100,6 +100,18 @@ def test_evaluations_of_other_metric_settings_are_each_sound(tmp_path):
         ("evaluation/Grad-CAM/road_keep", "shape [10, 2] does not match the other arrays (expected [10, 1])")]
 
 
+def test_an_evaluation_of_before_the_metrics_is_sound_with_warnings(tmp_path):
+    """A store whose evaluate stage was completed before the faithfulness metrics existed lacks their
+    arrays: verify warns (a run evaluates the stage again, its fingerprint changed) but finds no error."""
+    store = full_store(str(tmp_path / "s.zarr"))
+    for name in ("y_kept", "road_keep", "road_remove", "curves", "thumb"):
+        del store.root[f"evaluation/RI/{name}"]
+    report = verify_store(str(tmp_path / "s.zarr"), sample=N)
+    assert report.ok, report.text()
+    assert sorted(f.path for f in report.findings if f.level == "warning" and "before this array" in f.message) == [
+        f"evaluation/RI/{name}" for name in ("curves", "road_keep", "road_remove", "thumb", "y_kept")]
+
+
 @pytest.mark.parametrize("damage, path, message", [
     (lambda s: s.write("polytopes/tau", np.zeros(V + 1, np.int64)), "polytopes/tau",
      f"shape [{V + 1}] does not match the other arrays (expected [{V}])"),

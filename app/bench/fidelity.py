@@ -16,8 +16,10 @@ from repint.metrics import BASELINES, CURVE_STEPS, KEEP_FRACTIONS
 def forwards_per_image(metric: str, fractions: int, steps: int, curves: int) -> int:
     """How many images one image makes the metric run through the model: ``ad-ai`` one per kept
     share, ``road`` two per share (keep, remove), ``deletion-insertion`` ``steps - 1`` per curve (its
-    two ends are the image and the baseline, known), ``representativeness`` none."""
-    return {"ad-ai": fractions, "road": 2 * fractions, "deletion-insertion": curves * (steps - 1),
+    ends are the image, known, and the baseline) plus the baseline once per baseline (deletion ends
+    where insertion starts), ``representativeness`` none."""
+    baselines = curves // 2
+    return {"ad-ai": fractions, "road": 2 * fractions, "deletion-insertion": curves * (steps - 1) + baselines,
             "representativeness": 0}[metric]
 
 
