@@ -217,6 +217,7 @@ class Column:
     key: str
     cell: Cell
     width: Callable[[Results], int] | None = None
+    optional: bool = False  # left out of plain text where no method has a value (summaries of before it)
 
 
 def _name(m: MethodResult, i: int, res: Results) -> str:
@@ -298,7 +299,7 @@ VIEWS: dict[str, tuple[Column, ...]] = {
     "text": (Column("method", _name, _name_width), Column("mAD (%)", _mean("mAD", "study"), _mean_width),
              Column("mAI (%)", _mean("mAI", "study"), _mean_width),
              Column("covered unseen", _covered_of_n, lambda res: 16),
-             Column("distinct polytopes", _distinct, lambda res: 20)),
+             Column("distinct polytopes", _distinct, lambda res: 20, optional=True)),
     # rows: a run's table artifact (repint-ad-ai), the study's (repint-table-1), the HTML template's rows
     # and the HTML report's table artifact (repint-report-table)
     "run": (Column("method", _name), Column("mAD (%)", _value("mAD")), Column("mAI (%)", _value("mAI")),
@@ -351,7 +352,10 @@ def to_markdown(results: Results, table1: bool = False) -> str:
 def to_text(results: Results) -> str:
     """The plain-text table: a header (with ``(k runs)`` for several), a rule, one line per method;
     ``mean ± std`` when the results are of several runs."""
-    cols = VIEWS["text"]
+    rows = _cells(results, "text")
+    keep = [j for j, c in enumerate(VIEWS["text"]) if not c.optional or any(r[j] != "" for r in rows)]
+    cols = [VIEWS["text"][j] for j in keep]
+    rows = [[r[j] for j in keep] for r in rows]
     widths = [c.width(results) if c.width else len(c.key) for c in cols]
 
     def line(cells: Sequence[Any]) -> str:
@@ -359,7 +363,7 @@ def to_text(results: Results) -> str:
                                                                                                 strict=True)))
 
     head = line([c.key for c in cols]) + (f"   ({results.runs} runs)" if results.runs > 1 else "")
-    return "\n".join([head, "-" * sum(widths), *(line(row) for row in _cells(results, "text"))])
+    return "\n".join([head, "-" * sum(widths), *(line(row) for row in rows)])
 
 
 def text_report(summary: Mapping[str, Any], out: str | None = None) -> str:

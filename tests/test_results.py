@@ -182,3 +182,14 @@ def test_every_format_lists_the_methods_in_order(methods, data, k):
     assert [line.split(" | ")[1] for line in to_markdown(res, table1=True).splitlines()[2:]] == methods
     assert [line.split()[0] for line in to_text(res).splitlines()[2:]] == methods
     assert Results.from_methods(res.methods_dict()) == res.__class__(res.methods)
+
+
+def test_text_shows_distinct_polytopes_only_where_recorded():
+    from repint.results import Results, to_text
+
+    with_it = to_text(Results.from_methods({"RI": {"mAD": 1.0, "mAI": 2.0, "n": 8, "covered_unseen": 5,
+                                                   "distinct_polytopes": 3},
+                                            "Grad-CAM": {"mAD": 1.5, "mAI": 2.5, "n": 8}}))
+    head, _, ri, cam = with_it.splitlines()
+    assert head.endswith("distinct polytopes") and ri.endswith(" 3") and cam.strip().endswith("2.50")
+    assert "distinct" not in to_text(Results.from_methods({"RI": {"mAD": 1.0, "mAI": 2.0}}))
