@@ -68,7 +68,7 @@ class StageKind:
     images: str = "{split}"
     dynamic: bool = False
     owns_group: bool = False  # nothing but the stage writes under its group (a reset deletes the group)
-    local_dims: tuple[str, ...] = ()  # dimensions each stage of the kind sizes for itself (evaluation settings)
+    local_dims: tuple[str, ...] = ()  # dimensions each stage sizes for itself (evaluation settings); unsized: 0
 
     def __post_init__(self) -> None:
         if self.dynamic and not self.owns_group:
@@ -144,7 +144,7 @@ class Stage:
 
     def resolve(self, dims: tuple[Dim, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
         """Symbolic dimensions as numbers (derived ones too, :func:`derived_sizes`)."""
-        known = derived_sizes(sizes)
+        known = {**dict.fromkeys(self.kind.local_dims, 0), **derived_sizes(sizes)}  # unsized: zero-wide
         missing = [d for d in dims if isinstance(d, str) and d not in known]
         if missing:
             raise KeyError(f"stage {self.name!r}: no size given for {', '.join(missing)} (sizes: {sorted(known)})")
