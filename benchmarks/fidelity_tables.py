@@ -29,7 +29,7 @@ def tables(path: str) -> str:
     res = Results.from_summary(summary)
     distinct = {m.method: m.distinct_polytopes for m in res.methods if m.distinct_polytopes is not None}
     head = (f"### {summary['dataset']}: {summary['n_reference']} reference / {summary['n_unseen']} unseen images, "
-            f"{summary['n_interpretations']} interpretations, {summary['runs']} runs")
+            f"{summary['n_interpretations']} interpretations, {summary.get('runs', 1)} runs")
     lines = [head, "", to_markdown(res, table1=True), "",
              "Distinct polytopes (distinct covered sets) of the |V| centres: "
              + ", ".join(f"{k} {v:.1f}" for k, v in distinct.items()), "",
