@@ -400,7 +400,7 @@ def test_batched_linear_fill_equals_the_road_authors_imputer(shape: tuple[int, i
     authors' code, noise off) gives image by image, on random images and masks."""
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-    from repint.fidelity import _fill_batch
+    from repint.imputation import _fill_batch
 
     rng = np.random.default_rng(3)
     images = rng.random(shape).astype(np.float32)
