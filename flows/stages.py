@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from repint.flows.progress import track
 from repint.flows.runners import preflight_cluster
-from repint.storage.layout import EVALUATE, INGEST, INTERPRET, POLYTOPES, SIGNS, SPLITS
+from repint.storage.layout import EVALUATE, INGEST, INTERPRET, POLYTOPES, SIGNS, SPLITS, parse_stage
 from repint.tasks.boundaries import prepare_signs, sample_boundaries, sign_chunk
 from repint.tasks.centres import compute_centres
 from repint.tasks.evaluate import assign_unseen, evaluate_chunk, prepare_evaluation, summarise_evaluation
@@ -33,7 +33,9 @@ def run_units(spec: RunSpec, stage: str, units: list[int], unit_task: Task, *arg
               key: str | None = None) -> list[Any]:
     """``unit_task(spec, *args, unit)`` for each pending unit of ``stage``, then the stage is finished;
     progress is the artifact ``key`` (default: the stage's name)."""
-    out = track([unit_task.submit(spec, *args, u) for u in units], key or stage, description)
+    kind = parse_stage(stage)
+    unit = {"chunks": "chunks", "V": "centres"}.get(kind.kind.units if kind else "", "units")
+    out = track([unit_task.submit(spec, *args, u) for u in units], key or stage, description, unit=unit)
     finish_stage(spec, stage)
     return out
 

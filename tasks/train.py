@@ -17,6 +17,7 @@ from repint.config import TrainConfig
 from repint.data import source_from_spec
 from repint.model import Classifier
 from repint.nets import build_model, train_classifier
+from repint.progress import emit, progress_mode
 from repint.storage import fingerprint_params
 from repint.tasks.common import batched_forward, logger
 
@@ -45,16 +46,27 @@ def train_model(reference: dict[str, Any], unseen: dict[str, Any] | None, archit
     path = Path(checkpoint) if checkpoint else cache_dir() / "models" / f"{architecture}-{fp}.pt"
     meta_path = path.with_suffix(".json")
     if not checkpoint and path.exists() and meta_path.exists():
+        if progress_mode() != "off":
+            emit(f"train: {architecture} cached in {path}")
         return json.loads(meta_path.read_text())
     log = logger()
     torch.manual_seed(train.seed)
     net = build_model(architecture, n_classes, image_size, in_channels=len(mean))
     model = Classifier(net, tuple(mean), tuple(std))
     images = src.load(np.arange(len(src)))
+    show = progress_mode() != "off"  # a line per epoch on stderr, in a terminal and in a log alike
+    if show:
+        emit(f"train: {architecture} on {len(images)} images, {train.epochs} epochs")
     start = time.perf_counter()
+
+    def progress(epoch: int, acc: float) -> None:
+        log.info(f"epoch {epoch}/{train.epochs}: train accuracy {acc:.3f}")
+        if show:
+            emit(f"train: epoch {epoch}/{train.epochs}, train accuracy {acc:.3f}, "
+                 f"{time.perf_counter() - start:.0f} s")
+
     res = train_classifier(model, images, src.labels, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
-                           seed=train.seed, device=device, augment=train.augment,
-                           progress=lambda e, a: log.info(f"epoch {e}/{train.epochs}: train accuracy {a:.3f}"))
+                           seed=train.seed, device=device, augment=train.augment, progress=progress)
     meta: dict[str, Any] = {"checkpoint": str(path), "architecture": architecture, "fingerprint": fp,
                             "n_classes": n_classes, "class_names": src.class_names,
                             "train_accuracy": res.train_accuracy, "train_seconds": time.perf_counter() - start,
