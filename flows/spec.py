@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from repint.arrays import ArraySource
 from repint.config import Config
 from repint.data import ImageSource, source_from_spec
 from repint.nets import VGG_WIDTHS, VGGNet
@@ -28,8 +29,10 @@ def data_sources(cfg: Config, channels: int | None = None) -> tuple[ImageSource,
     if not d.reference or not d.unseen:
         raise ValueError(f"data.kind: {d.kind} needs both data.reference and data.unseen.")
     if d.kind == "arrays":
-        return (_named("data.reference", {"kind": "arrays", "path": d.reference, **extra}),
-                _named("data.unseen", {"kind": "arrays", "path": d.unseen, **extra}), Path(d.reference).stem)
+        ref = _named("data.reference", {"kind": "arrays", "path": d.reference, **extra})
+        uns = _named("data.unseen", {"kind": "arrays", "path": d.unseen, **extra})
+        _check_arrays(cfg, cast(ArraySource, ref), cast(ArraySource, uns))
+        return ref, uns, Path(d.reference).stem
     # built through source_from_spec's cache, so the tasks of this process never scan the folder again
     ref = _named("data.reference", {"kind": "imagefolder", "root": d.reference, "image_size": d.image_size,
                                     "per_class": d.reference_per_class, "seed": cfg.interpretation.seed,
@@ -48,6 +51,30 @@ def _named(key: str, spec: dict[str, Any]) -> ImageSource:
         raise FileNotFoundError(f"{key}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise ValueError(f"{key}: {exc}") from exc
+
+
+def _check_arrays(cfg: Config, ref: ArraySource, uns: ArraySource) -> None:
+    """What an ``.npz`` source cannot check alone: its images' size against ``data.image_size`` (the model is
+    built for it) and the unseen labels against the reference's classes (arrays cannot skip an image)."""
+    size = cfg.data.image_size
+    for key, src in (("data.reference", ref), ("data.unseen", uns)):
+        h, w = src.image_hw
+        if (h, w) != (size, size):
+            fix = f"set data.image_size: {h}, or resize the images to {size}x{size}" if h == w else \
+                f"resize the images to {size}x{size} (the model takes square images of data.image_size)"
+            raise ValueError(f"{key}: {src.path}: images are {h}x{w} but data.image_size is {size} "
+                             f"(the model is built for {size}x{size} images): {fix}.")
+    n_model = cfg.model.num_classes
+    if n_model and len(ref.labels) and int(ref.labels.max()) >= n_model:
+        raise ValueError(f"data.reference: {ref.path}: a label is {int(ref.labels.max())}, but model.num_classes is "
+                         f"{n_model} (classes 0..{n_model - 1}): fix the labels, or set model.num_classes to the "
+                         "model's number of outputs.")
+    n_ref = len(ref.class_names)
+    if n_ref and len(uns.labels) and int(uns.labels.max()) >= n_ref:
+        bad = uns.labels >= n_ref
+        raise ValueError(f"data.unseen: {uns.path}: {int(bad.sum())} images are labelled with classes the reference "
+                         f"set lacks (labels {sorted(set(uns.labels[bad].tolist()))[:10]}; data.reference has "
+                         f"classes 0..{n_ref - 1}): RI explains the reference's classes; leave those images out.")
 
 
 def file_sha256(path: str) -> str:

@@ -5,10 +5,12 @@ in ``[0, 1]`` by index, so the evaluation can re-read any image. ImageFolder fil
 are a *counted, reported skip*: they are found when the folder is scanned, listed in
 :attr:`ImageSource.skipped`, written to the store's attributes and to ``summary.json``, and never enter
 the reference or unseen set. That covers truncated or empty files, non-images with an image extension,
-unreadable files, and images over :data:`MAX_IMAGE_PIXELS` (a decompression-bomb guard). Grayscale,
-palette, RGBA (alpha dropped, as torchvision's loader does) and 16-bit images (scaled from 0..65535, not
-clipped at 255) are converted to RGB, or to grey (Pillow's luma) for single-channel models
-(``channels=1``). ``docs/bad-inputs.md`` lists every case.
+unreadable files, images over :data:`MAX_IMAGE_PIXELS` (a decompression-bomb guard), file names that are
+not valid UTF-8 (their ids could not be stored), and an unseen set's images of a class the reference set
+lacks (RI explains the reference's classes). Grayscale, palette, RGBA (alpha dropped, as torchvision's
+loader does) and 16-bit images (scaled from 0..65535, not clipped at 255) are converted to RGB, or to grey
+(Pillow's luma) for single-channel models (``channels=1``). Arrays (:class:`ArraySource`) live in
+:mod:`repint.arrays`. ``docs/bad-inputs.md`` lists every case.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from repint.arrays import ArraySource
 
 __all__ = ["ArraySource", "DigitsSource", "ImageFolderSource", "ImageSource", "ImageTooLargeError", "max_image_pixels",
            "source_from_spec"]
@@ -177,7 +182,9 @@ class ImageFolderSource(ImageSource):
     """``root/<class>/<image>`` (torchvision ImageFolder layout), images resized to ``image_size``.
 
     ``per_class`` keeps at most that many images per class, drawn with ``seed``; ``classes`` fixes the
-    class list (so reference and unseen folders share indices)."""
+    class list (so reference and unseen folders share indices): the images of a class folder not in it are
+    counted skips. A class folder whose name is not valid UTF-8 is an error where the folders define the
+    classes (``classes`` not given: it would be a class of the model), and its images are skips otherwise."""
 
     root: str = ""
     image_size: int = 128
@@ -195,25 +202,47 @@ class ImageFolderSource(ImageSource):
             raise ValueError(f"Image folder {root} cannot be read ({exc.strerror}): give the user running RepInt "
                              "read and execute permission on it (chmod a+rX).") from exc
         found = sorted(p.name for p in entries if p.is_dir())
-        self.class_names = list(self.classes) if self.classes else found
+        if self.classes:
+            self.class_names = list(self.classes)
+        elif unnamed := [_shown(n) for n in found if not _is_utf8(n)]:
+            raise ValueError(f"Image folder {root} has class folders whose names are not valid UTF-8: "
+                             f"{', '.join(unnamed)}. A class folder's name is its class's name in the results: "
+                             "rename them.")
+        else:
+            self.class_names = found
         if not self.class_names:
             loose = sum(1 for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS)
             hint = (f" It holds {loose} images directly: put each class's images in its own sub-folder."
                     if loose else " It is empty.")
             raise ValueError(f"Image folder {root} has no class sub-folders (expected root/<class>/<image>).{hint}")
+        known = set(self.class_names)
+        foreign = [name for name in found if name not in known]
+        for name in foreign:  # an unseen set's folder of a class the reference lacks: RI cannot explain it
+            reason = (_foreign_class(name, self.class_names) if _is_utf8(name)
+                      else "class folder name is not valid UTF-8: rename it")
+            self.skipped += [{"id": _shown(str(p.relative_to(root))), "reason": reason}
+                             for p in _images_in(root / name)]
         rng = np.random.default_rng(self.seed)
         paths, labels = [], []
         for c, name in enumerate(self.class_names):
-            files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) \
-                if (root / name).is_dir() else []
+            files = _images_in(root / name)
             if self.per_class is not None and len(files) > self.per_class:
                 files = [files[i] for i in np.sort(rng.choice(len(files), self.per_class, replace=False))]
             paths += files
             labels += [c] * len(files)
         if not paths:
+            if foreign:
+                names = ", ".join(map(_shown, foreign))
+                raise ValueError(f"Image folder {root} has no image of the reference set's classes "
+                                 f"({_class_list(self.class_names)}): its class folders {names} are not among them. "
+                                 "Name the class folders as the reference set's.")
             raise ValueError(f"Image folder {root} contains no images with extensions {sorted(IMAGE_EXTENSIONS)}.")
         good, good_labels = [], []
         for p, y in zip(paths, labels, strict=True):
+            if not _is_utf8(p.name):  # its id could not be written to the store or to JSON
+                self.skipped.append({"id": _shown(str(p.relative_to(root))),
+                                     "reason": "file name is not valid UTF-8: rename it"})
+                continue
             try:
                 _decode(p, self.image_size, self.channels)
             except Exception as exc:  # any decoder failure is a reported skip
@@ -229,9 +258,17 @@ class ImageFolderSource(ImageSource):
                 raise ValueError(
                     f"Image folder {root} has class folders without a usable image: {', '.join(why)}. Every class "
                     "folder is a class of the model: add images to it, or remove the folder.")
+        elif not good:
+            raise ValueError(f"Image folder {root} has no usable image: all {len(paths)} of its images of the "
+                             f"reference set's classes were skipped, e.g. {self.skipped[-1]['id']}: "
+                             f"{self.skipped[-1]['reason']}")
         self._paths = good
         self.ids = [str(p.relative_to(root)) for p in good]
         self.labels = np.asarray(good_labels, dtype=np.int64)
+
+    def files(self) -> list[Path]:
+        """The decodable image files, in index order (image ``i`` is ``files()[i]``)."""
+        return list(self._paths)
 
     def load(self, indices: np.ndarray) -> np.ndarray:
         return np.stack([_decode(self._paths[i], self.image_size, self.channels) for i in np.asarray(indices)])
@@ -248,6 +285,36 @@ class ImageFolderSource(ImageSource):
                               self.channels)
 
 
+def _is_utf8(name: str) -> bool:
+    """Whether a file name read from disk is valid UTF-8 (Python keeps other bytes as lone surrogates, which
+    cannot be written to the store or to JSON)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A file name that is not valid UTF-8 with its bad bytes written ``\\xff``, as a printable id."""
+    return name if _is_utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The files of ``folder`` with an image extension, sorted (none when it is not a directory)."""
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+
+
+def _class_list(classes: list[str], shown: int = 10) -> str:
+    more = f", ... ({len(classes)} classes)" if len(classes) > shown else ""
+    return ", ".join(classes[:shown]) + more
+
+
+def _foreign_class(name: str, classes: list[str]) -> str:
+    return (f"class {name!r} is not a class of the reference set (data.reference has: {_class_list(classes)}); "
+            "RI explains the reference's classes")
+
+
 def _why_empty(folder: Path, skipped: list[dict[str, str]], name: str) -> str:
     n_skipped = sum(1 for s in skipped if Path(s["id"]).parts[0] == name)
     if n_skipped:
@@ -255,41 +322,6 @@ def _why_empty(folder: Path, skipped: list[dict[str, str]], name: str) -> str:
     if not os.access(folder, os.R_OK | os.X_OK):
         return "not readable: chmod a+rX it"
     return f"no files with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
-
-
-@dataclass
-class ArraySource(ImageSource):
-    """An ``.npz`` file with ``images`` ``[N, 1|3, H, W]`` (float in [0, 1] or uint8) and optional ``labels``."""
-
-    path: str = ""
-
-    def __post_init__(self) -> None:
-        with np.load(self.path, allow_pickle=False) as z:
-            if "images" not in z:
-                raise ValueError(f"{self.path} has no array 'images' (it has {sorted(z.files)}): save it with "
-                                 "np.savez(path, images=..., labels=...).")
-            images = z["images"]
-            labels = z["labels"] if "labels" in z else np.full(len(images), -1)
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"{self.path}: images must be [N, 1|3, H, W], got {images.shape}.")
-        if images.shape[1] == 3 and self.channels == 1:
-            raise ValueError(f"{self.path}: images have 3 channels but the model takes 1 (data.channels): save "
-                             "grey images [N, 1, H, W], or use a model of 3 input channels.")
-        uint8 = images.dtype == np.uint8
-        images = images.astype(np.float32, copy=False)
-        if uint8:
-            images /= 255.0
-        self._images = np.repeat(images, self.channels, axis=1) if images.shape[1] == 1 else images
-        self.labels = labels.astype(np.int64)
-        self.ids = [f"{Path(self.path).name}/{i}" for i in range(len(images))]
-        known = sorted(set(self.labels.tolist()) - {-1})
-        self.class_names = [str(c) for c in range(max(known) + 1)] if known else []
-
-    def load(self, indices: np.ndarray) -> np.ndarray:
-        return self._images[np.asarray(indices)]
-
-    def spec(self) -> dict[str, Any]:
-        return _with_channels({"kind": "arrays", "path": str(self.path)}, self.channels)
 
 
 def source_from_spec(spec: dict[str, Any]) -> ImageSource:
@@ -301,6 +333,8 @@ def source_from_spec(spec: dict[str, Any]) -> ImageSource:
     if kind == "imagefolder":
         return _cached(ImageFolderSource, args)
     if kind == "arrays":
+        from repint.arrays import ArraySource
+
         return _cached(ArraySource, args)
     raise ValueError(f"Unknown data source kind {kind!r}.")
 
@@ -327,3 +361,12 @@ def _cached(cls: type[ImageSource], args: dict[str, Any]) -> ImageSource:
         while len(_CACHE) > CACHED_SOURCES:
             _CACHE.popitem(last=False)
     return src
+
+
+def __getattr__(name: str) -> Any:
+    """``from repint.data import ArraySource`` (it lives in :mod:`repint.arrays`, which imports this module)."""
+    if name == "ArraySource":
+        from repint.arrays import ArraySource
+
+        return ArraySource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
