@@ -14,6 +14,8 @@ Checks, for every stage the store records as complete, against the layout declar
   chunk may be one of fill values and is a warning);
 * fingerprints: every stage has a fingerprint and an epoch; the model and data fingerprints are
   recorded;
+* data: the images each split was ingested from still have the recorded ids, labels and content
+  hashes (:mod:`repint.storage.verify_data`; a warning where they cannot be reached from here);
 * sign bits: on a sample of rows, ``signs/<split>`` equals ``<W, ψ(x)> + b > 0`` recomputed from
   the stored features, ``W`` and ``b``; ``predictions`` equals the argmax of ``logits``.
 
@@ -361,9 +363,11 @@ class _Checker:
 
 
 def verify_store(url: str, storage_options: Mapping[str, Any] | None = None, *, sample: int = 64,
-                 seed: int = 0) -> VerifyReport:
+                 seed: int = 0, data: bool = True) -> VerifyReport:
     """Check the store at ``url``; the report lists every problem with its array path and chunk.
-    Raises :class:`repint.storage.StoreError` when there is no store there."""
+    ``data``: also check that the images it was ingested from are unchanged
+    (:mod:`repint.storage.verify_data`). Raises :class:`repint.storage.StoreError` when there is no
+    store there."""
     store = FeatureStore(url, storage_options, mode="r")
     report = VerifyReport(url=store.url, writer=store.lock_holder())
     complete = set()
@@ -378,4 +382,10 @@ def verify_store(url: str, storage_options: Mapping[str, Any] | None = None, *, 
                            + ("a run is writing it now" if report.writer else
                               "the run that wrote it stopped; `repint run` again resumes it"))
     _Checker(store, report, sample, seed).run(complete)
+    if data:
+        from repint.storage.verify_data import check_data
+
+        for split in SPLITS:
+            if INGEST.of(split).name in complete:
+                check_data(store.attrs, split, report)
     return report

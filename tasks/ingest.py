@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from prefect import task
 
 import repint
+from repint.contents import content_record
 from repint.storage import fingerprint_params
 from repint.storage.layout import INGEST
 from repint.tasks.common import (
@@ -23,17 +26,29 @@ from repint.tasks.common import (
 from repint.tasks.runspec import RunSpec
 
 
-def ingest_fingerprint(spec: RunSpec, split: str) -> str:
+def ingest_fingerprint(spec: RunSpec, split: str, contents: dict[str, Any]) -> str:
+    """What ψ of ``split`` is computed from: the model, the source (spec, ids, labels), the chunking and
+    the images' contents (``contents``: :func:`repint.contents.content_record`), so that images replaced
+    under the same names are ingested again, and every later stage with them."""
     src = source(spec, split)
-    return fingerprint_params("ingest", spec.model, src.fingerprint(), spec.chunk_size)
+    return fingerprint_params("ingest", spec.model, src.fingerprint(), spec.chunk_size, contents["fingerprint"])
+
+
+def data_contents(spec: RunSpec, split: str) -> dict[str, Any]:
+    """The content record of ``split``'s images, reusing the store's hashes of unchanged chunks."""
+    previous = open_store(spec).attrs.get(f"data_contents_{split}")
+    return content_record(source(spec, split), spec.chunk_size, previous)
 
 
 @task(name="prepare-ingest", task_run_name="prepare-ingest-{split}")
 def prepare_ingest(spec: RunSpec, split: str) -> dict:
     """Create the split's arrays (shapes from one forward pass) and start or resume the stage."""
     store, src, sm = open_store(spec), source(spec, split), load_split(spec)
-    stage, fp = INGEST.of(split), ingest_fingerprint(spec, split)
+    contents = data_contents(spec, split)
+    stage, fp = INGEST.of(split), ingest_fingerprint(spec, split, contents)
     if store.stage_complete(stage.name, fp):
+        if store.attrs.get(f"data_contents_{split}") != contents:  # touched, not changed: keep the new stats
+            store.set_attrs(**{f"data_contents_{split}": contents})
         return {"split": split, "n": len(src), "pending": [], "fingerprint": fp}
     probe = batched_forward(sm.psi, src.load(np.arange(1)), 1, device(spec))
     n_classes = batched_forward(sm.head, probe, 1, device(spec)).shape[1]
@@ -43,11 +58,11 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
     store.write(stage["ids"], np.asarray(src.ids, dtype=str))
     store.write(stage["labels"], src.labels)
     store.set_attrs(**{f"skipped_{split}": src.skipped, f"data_{split}": src.spec(),
-                       f"data_fingerprint_{split}": src.fingerprint()},
+                       f"data_fingerprint_{split}": src.fingerprint(), f"data_contents_{split}": contents},
                     model=spec.model, code_version=repint.__version__)
     if src.skipped:
-        logger().warning(f"{len(src.skipped)} {split} images do not decode and are skipped, e.g. "
-                         f"{src.skipped[0]['id']}: {src.skipped[0]['reason']}")
+        logger().warning(f"{len(src.skipped)} {split} images are skipped (listed in the store and summary.json), "
+                         f"e.g. {src.skipped[0]['id']}: {src.skipped[0]['reason']}")
     return {"split": split, "n": len(src), "pending": pending, "fingerprint": fp}
 
 
