@@ -18,7 +18,7 @@ from repint.qsampling import q_samplers
 from repint.solver import solvers
 from repint.variants import EVALUATION_KEYS, OWN_STORE_KEYS, VARIANT_KEYS, Variant
 
-__all__ = ["ALL_METHODS", "Config", "ConfigError", "demo_config", "expand_env", "load_config"]
+__all__ = ["ALL_METHODS", "DEVICES", "Config", "ConfigError", "demo_config", "expand_env", "load_config", "override"]
 
 #: the paper's Table 1 methods, in its order (from the registry: ``Method.paper_order``)
 ALL_METHODS = paper_methods()
@@ -27,6 +27,9 @@ SolverName = Literal[tuple(solvers())]  # type: ignore[valid-type]
 Fallback = Literal[tuple(fallbacks())]  # type: ignore[valid-type]
 MetricName = Literal[METRICS]  # type: ignore[valid-type]
 Baseline = Literal[BASELINES]  # type: ignore[valid-type]
+#: the values of ``runtime.device`` (``cuda:N``: the N-th GPU torch sees, from 0)
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 class _Strict(BaseModel):
@@ -56,6 +59,17 @@ class DataConfig(_Strict):
             raise ValueError(f"give 1 value (every channel) or 3 (R, G, B), not {len(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _paths_need_a_kind(self) -> DataConfig:
+        """digits (the default) is the embedded demo set and reads no files: a path beside it would be ignored."""
+        given = [k for k in ("reference", "unseen") if getattr(self, k)]
+        if self.kind == "digits" and given:
+            default = "" if "kind" in self.model_fields_set else " (the default)"
+            raise ValueError(f"data.{given[0]} is set but data.kind is digits{default}, the embedded demo set, "
+                             "which reads no files: set data.kind: imagefolder (a folder root/<class>/<image>) "
+                             "or arrays (an .npz of images and labels)")
+        return self
+
 
 class ModelConfig(_Strict):
     architecture: str = "vgg-small"
@@ -75,7 +89,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     augment: bool = Field(False, description="random horizontal flips and shifts by up to 1/8 of the side")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class InterpretationConfig(_Strict):
@@ -87,8 +101,7 @@ class InterpretationConfig(_Strict):
     interpretations_per_class: int = Field(10, ge=1)
     orient: bool = True
     unit_normals: bool = True
-    seed: int = 0
-
+    seed: int = Field(0, ge=0)
 
 
 class EvaluationConfig(_Strict):
@@ -116,6 +129,9 @@ class EvaluationConfig(_Strict):
     def _check_methods(cls, value: list[str]) -> list[str]:
         """Registered methods, variants of them with valid settings; written as their labels
         (``RI[orient=False]`` is ``RI[orient=false]``), each once."""
+        if not value:
+            raise ValueError("list at least one method, e.g. [RI, Grad-CAM]; available: "
+                             + ", ".join(available_methods()))
         out: list[str] = []
         for label in value:
             variant = Variant.parse(label)
@@ -170,6 +186,16 @@ class RuntimeConfig(_Strict):
     task_runner: Literal["dask", "threads"] = "dask"
     dask_address: str | None = None
     n_workers: int = Field(2, ge=1)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _check_device(cls, value: Any) -> Any:
+        """A device torch can name (whether it is there is checked before the first stage:
+        ``repint.flows.preflight.check_device``)."""
+        if isinstance(value, str) and _DEVICE.fullmatch(value.strip().lower()):
+            return value.strip().lower()
+        raise ValueError(f"{value!r} is not a device: use one of {', '.join(DEVICES)} (cuda:N: the N-th GPU, "
+                         "from 0; auto: a GPU when torch sees one, else the CPU)")
 
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -249,9 +275,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     config file's folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"Cannot read config {path}: {exc}") from exc
+    if (raw is None or raw == {}) and not overrides:  # blank, only comments, or {}
+        raise ConfigError(f"Config {path} is empty: write its data and model sections (examples/config.yaml); "
+                          "the embedded demo is `repint demo`.")
+    raw = raw if raw is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"Config {path} must be a mapping of sections (data, model, ...).")
     for key, value in (overrides or {}).items():
@@ -259,8 +289,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"Config {path} is invalid:\n" + "\n".join(lines)) from None
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        if len(lines) == 1:  # one problem: one line
+            raise ConfigError(f"Config {path} is invalid: {lines[0]}") from None
+        raise ConfigError(f"Config {path} is invalid:\n" + "\n".join(f"  {line}" for line in lines)) from None
     base = path.resolve().parent
     for section, key in (("data", "reference"), ("data", "unseen"), ("model", "checkpoint")):
         obj = getattr(cfg, section)
@@ -268,3 +300,28 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         if value and "://" not in value and not Path(value).is_absolute():
             setattr(obj, key, str((base / value).resolve()))
     return cfg
+
+
+_BOUNDS = {"greater_than_equal": "at least {ge}", "greater_than": "more than {gt}",
+           "less_than_equal": "at most {le}", "less_than": "less than {lt}"}
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error of a command-line value, said of the value."""
+    bound = _BOUNDS.get(error["type"])
+    text = f"must be {bound.format(**error.get('ctx', {}))}" if bound else str(error["msg"])
+    return f"{text}, got {error['input']!r}"
+
+
+def override(cfg: Config, key: str, value: Any, option: str) -> None:
+    """Set ``key`` (``section.field``, e.g. ``evaluation.runs``) of ``cfg`` to ``value`` from the command-line
+    ``option``, validated as the same value in the config file would be; a bad value is a ``ValueError``
+    naming the option (``--runs: must be at least 1, got -1``)."""
+    section_name, field = key.split(".")
+    section = getattr(cfg, section_name)
+    try:
+        checked = type(section).model_validate({**section.model_dump(exclude_unset=True), field: value})
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["loc"][:1] == (field,)] or exc.errors()
+        raise ValueError(f"{option}: " + "; ".join(_problem(e) for e in errors)) from None
+    setattr(section, field, getattr(checked, field))
