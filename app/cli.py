@@ -26,18 +26,25 @@ def _quiet() -> None:
 
 
 def _run(cfg: Any, out: str, args: argparse.Namespace) -> int:
+    from repint.config import override
+    from repint.flows.preflight import make_folder, preflight
+
+    # the command line's values go through the config's validation, and the device and the output are
+    # checked, before anything is built or started (docs/bad-inputs.md)
+    if getattr(args, "dask_address", None):
+        override(cfg, "runtime.dask_address", args.dask_address, "--dask-address")
+    if getattr(args, "threads", False):
+        cfg.runtime.task_runner = "threads"
+    if getattr(args, "runs", None) is not None:
+        override(cfg, "evaluation.runs", args.runs, "--runs")
+    preflight(cfg, out)
+
     from repint.flows import study
     from repint.flows.spec import build_spec
 
-    if getattr(args, "dask_address", None):
-        cfg.runtime.dask_address = args.dask_address
-    if getattr(args, "threads", False):
-        cfg.runtime.task_runner = "threads"
-    if getattr(args, "runs", None):
-        cfg.evaluation.runs = args.runs
     spec = build_spec(cfg, out)
     _refuse_locked_stores(spec, cfg.evaluation.runs)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     summary = study(spec, cfg.evaluation.runs)
     print(text_report(summary, out))
     return 0
@@ -77,18 +84,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from repint.config import load_config
+    from repint.config import load_config, override
+    from repint.flows.preflight import check_checkpoint, check_device
     from repint.flows.spec import data_sources, input_channels, normalisation
     from repint.tasks.train import train_model
 
     cfg = load_config(args.config)
     ckpt = args.out or cfg.model.checkpoint
     if args.seed is not None:
-        cfg.train.seed = args.seed
+        override(cfg, "train.seed", args.seed, "--seed")
     if args.epochs is not None:
-        cfg.train.epochs = args.epochs
+        override(cfg, "train.epochs", args.epochs, "--epochs")
     if not ckpt:
-        raise SystemExit("repint train: give --out CHECKPOINT or set model.checkpoint in the config.")
+        raise ValueError("give --out CHECKPOINT or set model.checkpoint in the config")
+    check_device(cfg.runtime.device)  # training runs here, whatever runtime.dask_address says
+    check_checkpoint(ckpt, "--out" if args.out else "model.checkpoint")
     channels = input_channels(cfg)
     mean, std = normalisation(cfg, channels)
     ref, uns, _ = data_sources(cfg, channels)
@@ -111,8 +121,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reinterpret(args: argparse.Namespace) -> int:
+    from repint.config import load_config
     from repint.flows.entry import reinterpret
+    from repint.flows.preflight import check_device, check_output
 
+    cfg = load_config(args.config)  # read again by the flow; here its device and the output are checked first
+    if not (args.dask_address or cfg.runtime.dask_address):
+        check_device(cfg.runtime.device)
+    check_output(args.out, cfg.store)
     result = reinterpret(config=args.config, out=args.out, checkpoint=args.checkpoint, force=args.force,
                          dask_address=args.dask_address)
     if result["status"] == "unchanged":
@@ -132,7 +148,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from repint.storage import StoreError
     from repint.storage.verify import verify_store
 
-    options = json.loads(args.storage_options) if args.storage_options else None
+    _at_least(args.sample, 1, "--sample", "rows per split whose sign bits are recomputed")
+    _at_least(args.seed, 0, "--seed", "the seed of the row sample")
+    options = _json_object(args.storage_options, "--storage-options") if args.storage_options else None
     try:
         report = verify_store(args.store, options, sample=args.sample, seed=args.seed)
     except StoreError as exc:  # no store there, or one it cannot reach
@@ -142,11 +160,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _at_least(value: int | None, least: int, option: str, what: str) -> None:
+    """A number from the command line that has a lower bound: a one-line error naming the option."""
+    if value is not None and value < least:
+        raise ValueError(f"{option}: must be at least {least}, got {value} ({what})")
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line (fsspec's storage options)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} is not valid JSON: {exc}; give a JSON object, e.g. "
+                         "'{\"anon\": true}' (credentials: prefer the environment)") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object ({{\"key\": value, ...}}), not {type(value).__name__} "
+                         f"{text.strip()[:40]}")
+    return value
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from repint.layers import LayerChoiceError, analyse_layers, format_reports, recommend
 
     if bool(args.config) == bool(args.model):
         raise ValueError("give a CONFIG or --model NAME (with --checkpoint/--weights), not both nor neither")
+    _at_least(args.images, 1, "--images", "images on which boundaries are counted")
+    _at_least(args.num_classes, 2, "--num-classes", "a classifier has at least two outputs")
     clf, images, what = _layers_inputs(args)
     reports = analyse_layers(clf, images)
     try:
@@ -297,17 +336,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    from repint.app.console import log_to_file, run_log, see_log, stops, write_traceback
+
     args = build_parser().parse_args(argv)
+    # a command that runs the pipeline: its full log (tracebacks) in a file, Ctrl-C/SIGTERM stop it
+    log = run_log(args.command, getattr(args, "out", None), getattr(args, "config", None))
+    if log is not None:
+        log_to_file(log)
     _quiet()
     try:
-        return int(args.fn(args))
+        with stops(args.command, argv) if log is not None else contextlib.nullcontext():
+            return int(args.fn(args))
     except BrokenPipeError:  # `repint layers ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         # bad input (config, data, model, checkpoint): one clear line, no traceback (docs/bad-inputs.md)
-        print(f"repint {args.command}: error: {exc}", file=sys.stderr)
+        if log is not None and log.exists():
+            write_traceback(log, exc)
+        print(f"repint {args.command}: error: {exc}{see_log(log)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if log is None:
+            raise
+        write_traceback(log, exc)  # a failure of the run itself: one line here, the traceback in the log
+        print(f"repint {args.command}: error: {type(exc).__name__}: {exc}{see_log(log)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from repint.config import Config, demo_config, load_config
+from repint.config import Config, demo_config, load_config, override
+from repint.flows.preflight import make_folder, preflight
 from repint.flows.run import with_default_model
 from repint.flows.spec import build_spec
 from repint.flows.studies import study, study_specs
@@ -49,8 +50,8 @@ def config_with_overrides(config: str | None, checkpoint: str | None = None, ref
         cfg.model.layer = layer
     if dask_address:
         cfg.runtime.dask_address = dask_address
-    if runs:
-        cfg.evaluation.runs = runs
+    if runs is not None:
+        override(cfg, "evaluation.runs", runs, "runs")
     return cfg
 
 
@@ -72,8 +73,10 @@ def run_pipeline(config: str | None = None, out: str = "runs/pipeline", checkpoi
     """The whole study on ``config`` (paths relative to the config file) with the given overrides;
     writes ``summary.json``, ``records.csv`` and ``report.html`` into ``out``."""
     cfg = config_with_overrides(config, checkpoint, reference, unseen, store, layer, dask_address, runs)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    return study(build_spec(cfg, out), cfg.evaluation.runs)
+    preflight(cfg, out)  # the device and the output, before the first stage (as `repint run`)
+    spec = build_spec(cfg, out)
+    make_folder(out, "out")
+    return study(spec, cfg.evaluation.runs)
 
 
 def _version_store(cfg: Config, folder: Path, version: int) -> str | None:

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -27,10 +28,19 @@ from repint.storage.errors import StoreLockedError, retrying
 from repint.storage.secrets import redact_url, reveal_secrets, split_url_credentials
 
 __all__ = ["LOCK_PATH", "FsspecLockObject", "LocalLockFile", "LockObject", "S3LockObject", "StoreLock",
-           "lock_object"]
+           "lock_object", "release_held"]
 
 LOCK_PATH = "_lock/zarr.json"  # a Zarr group of its own: readers and zarr's listings see a valid node
 log = logging.getLogger("repint.storage")
+_HELD: weakref.WeakSet[StoreLock] = weakref.WeakSet()  # the locks this process holds now
+
+
+def release_held() -> None:
+    """Release every lock this process holds (a run stopped by a signal: the next run need not take
+    over a stale lock)."""
+    for lock in list(_HELD):
+        with contextlib.suppress(Exception):
+            lock.release()
 
 
 # where the lock object lives --------------------------------------------------------------------
@@ -325,6 +335,7 @@ class StoreLock:
         for _ in range(5):
             if self.object.create(self._encode(self._record), self._ours):
                 self._start_heartbeat()
+                _HELD.add(self)
                 return self
             holder = self._read()
             if holder is None:  # released in between: try again
@@ -365,6 +376,7 @@ class StoreLock:
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lock (if it still is ours)."""
+        _HELD.discard(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
