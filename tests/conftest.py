@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+# pytest's captured stderr is not a terminal, so runs would print their `[repint] ...` progress lines into
+# the one-line errors tests read; tests/test_progress_lines.py sets the mode it tests
+os.environ["REPINT_PROGRESS"] = "off"
 
 import pytest  # noqa: E402
 
