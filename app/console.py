@@ -40,10 +40,14 @@ _ENGINE = ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "pre
 
 
 class ConsoleFilter(logging.Filter):
-    """The terminal's share of the log: no engine ERROR records (the command prints the failure once)."""
+    """The terminal's share of the log: none of the engine's records of a failure (with a traceback, or
+    the final state), which the command reports once; other errors (a lost lock, ...) are shown."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.name.startswith(_ENGINE))
+        if record.levelno < logging.ERROR or not record.name.startswith(_ENGINE):
+            return True
+        return not (record.exc_info or str(record.msg).startswith(("Finished in state", "Task run failed",
+                                                                     "Flow run failed")))
 
 
 def console_formatter(**kwargs: Any) -> logging.Formatter:
@@ -71,8 +75,12 @@ class RunLogHandler(logging.FileHandler):
         super().__init__(filename, mode="a", encoding="utf-8", delay=True, **kwargs)
 
     def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(OSError):
-            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        if self.stream is None:  # first record: a log that cannot be opened is not the caller's failure
+            try:
+                Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+                self.stream = self._open()
+            except OSError:
+                return
         super().emit(record)
 
 
@@ -101,8 +109,17 @@ def log_to_file(path: Path) -> Path:
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(base, f)
     os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = settings
-    atexit.register(lambda: Path(settings).unlink(missing_ok=True))
+    _TEMPORARY.append(Path(settings))
+    atexit.register(_remove_temporary)
     return path
+
+
+_TEMPORARY: list[Path] = []  # files to remove at exit (also when a signal ends the process)
+
+
+def _remove_temporary() -> None:
+    for path in _TEMPORARY:
+        path.unlink(missing_ok=True)
 
 
 def write_traceback(path: Path, exc: BaseException) -> None:
@@ -129,11 +146,23 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         for sig in self.SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
+        # while a flow runs, Prefect swaps in its own SIGTERM handler, which raises TerminationSignal in
+        # whatever the main thread does (a serializer may wrap it) and stops nothing for seconds: it is
+        # pointed at this one for as long as the command runs (tests/test_stops.py runs it for real)
+        with contextlib.suppress(ImportError, AttributeError):
+            import prefect.utilities.engine as engine
+
+            self._prefect_handler = engine._prefect_sigterm_handler
+            engine._prefect_sigterm_handler = self._handle
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if getattr(self, "_prefect_handler", None) is not None:
+            import prefect.utilities.engine as engine
+
+            engine._prefect_sigterm_handler = self._prefect_handler
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         code = 128 + signum
@@ -141,14 +170,17 @@ class StopOnSignal:
             os._exit(code)
         self._stopping = True
         name = signal.Signals(signum).name
-        with contextlib.suppress(Exception):
-            print(f"repint {self.command}: stopped by {name}; every finished chunk is kept in the store: resume "
-                  f"with `{self.resume}`", file=sys.stderr, flush=True)
+        line = (f"repint {self.command}: stopped by {name}; nothing was written: run `{self.resume}` again"
+                if self.command == "train" else f"repint {self.command}: stopped by {name}; every finished chunk "
+                f"is kept in the store: resume with `{self.resume}`")
+        with contextlib.suppress(Exception):  # os.write: print could meet a write of the main thread's
+            os.write(2, (line + "\n").encode())
+        _end_children(self.grace)  # first, so that no worker writes the store after its lock is gone
         with contextlib.suppress(Exception):
             from repint.storage.lock import release_held
 
             release_held()
-        _end_children(self.grace)
+        _remove_temporary()
         os._exit(code)
 
 

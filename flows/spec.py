@@ -69,12 +69,16 @@ def _check_arrays(cfg: Config, ref: ArraySource, uns: ArraySource) -> None:
         raise ValueError(f"data.reference: {ref.path}: a label is {int(ref.labels.max())}, but model.num_classes is "
                          f"{n_model} (classes 0..{n_model - 1}): fix the labels, or set model.num_classes to the "
                          "model's number of outputs.")
+    import numpy as np
+
     n_ref = len(ref.class_names)
-    if n_ref and len(uns.labels) and int(uns.labels.max()) >= n_ref:
-        bad = uns.labels >= n_ref
+    lacking = set(uns.labels.tolist()) - set(ref.labels.tolist()) - {-1} if len(ref.labels) else set()
+    if n_ref and lacking:
+        bad = np.isin(uns.labels, sorted(lacking))
         raise ValueError(f"data.unseen: {uns.path}: {int(bad.sum())} images are labelled with classes the reference "
                          f"set lacks (labels {sorted(set(uns.labels[bad].tolist()))[:10]}; data.reference has "
-                         f"classes 0..{n_ref - 1}): RI explains the reference's classes; leave those images out.")
+                         f"labels {sorted(set(ref.labels.tolist()))[:10]}): RI explains the reference's classes; "
+                         "leave those images out.")
 
 
 def file_sha256(path: str) -> str:

@@ -344,10 +344,29 @@ _CACHE_LOCK = threading.Lock()
 CACHED_SOURCES = 16  # a five-run study with variants asks for about a dozen (each run's reference subsample)
 
 
+def _stamp(args: dict[str, Any]) -> str:
+    """What the cache key adds so that a source changed on disk is read again in a long-lived process
+    (a Dask worker): an archive's size and time; a folder's and its class folders' times (files added or
+    removed; a file replaced in place is found by its content hash, :mod:`repint.contents`)."""
+    where = args.get("path") or args.get("root")
+    if not where:
+        return ""
+    try:
+        st = os.stat(where)
+        parts = [f"{st.st_size}:{st.st_mtime_ns}"]
+        if "root" in args and Path(where).is_dir():
+            parts += [f"{e.name}:{e.stat().st_mtime_ns}" for e in sorted(os.scandir(where), key=lambda e: e.name)
+                      if e.is_dir()]
+    except OSError:
+        return ""
+    return "|" + ",".join(parts)
+
+
 def _cached(cls: type[ImageSource], args: dict[str, Any]) -> ImageSource:
     """One source per spec and process (a folder is scanned, an archive read once), the
     :data:`CACHED_SOURCES` most recently used kept: a long-lived worker does not grow without bound."""
-    key = cls.__name__ + repr(sorted(args.items()))
+    stamp = _stamp(args)
+    key = cls.__name__ + repr(sorted(args.items())) + stamp
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -355,7 +374,7 @@ def _cached(cls: type[ImageSource], args: dict[str, Any]) -> ImageSource:
     src = cls(**args)
     with _CACHE_LOCK:
         # also under its own spec (e.g. with the resolved class list), which is what tasks ask for
-        for k in (key, cls.__name__ + repr(sorted((k, v) for k, v in src.spec().items() if k != "kind"))):
+        for k in (key, cls.__name__ + repr(sorted((k, v) for k, v in src.spec().items() if k != "kind")) + stamp):
             _CACHE[k] = src
             _CACHE.move_to_end(k)
         while len(_CACHE) > CACHED_SOURCES:

@@ -40,7 +40,8 @@ def release_held() -> None:
     over a stale lock)."""
     for lock in list(_HELD):
         with contextlib.suppress(Exception):
-            lock.release()
+            lock._stop.set()  # no join: the heartbeat thread may wait on a slow store, and the process ends
+            lock._remove(lock.token)
 
 
 # where the lock object lives --------------------------------------------------------------------

@@ -36,8 +36,12 @@ def check_data(attrs: dict[str, Any], split: str, report: _Report) -> None:
         return
     try:
         src = source_from_spec(spec)
-    except Exception as exc:  # noqa: BLE001 - the data is elsewhere: say so, it is not the store's fault
+    except (FileNotFoundError, PermissionError) as exc:  # the data is elsewhere: not the store's fault
         report.warning(f"cannot check the {split} images against the store: {type(exc).__name__}: {exc}", where)
+        return
+    except Exception as exc:  # noqa: BLE001 - reachable, but no longer a usable source: not what was ingested
+        report.error(f"the {split} images are not those ingested: they no longer load ({type(exc).__name__}: {exc}); "
+                     "fix them, then `repint run` again ingests them", where)
         return
     if src.fingerprint() != attrs.get(f"data_fingerprint_{split}"):
         report.error(f"the {split} images are not those ingested: files were added, removed or relabelled "

@@ -47,8 +47,9 @@ def prepare_ingest(spec: RunSpec, split: str) -> dict:
     contents = data_contents(spec, split)
     stage, fp = INGEST.of(split), ingest_fingerprint(spec, split, contents)
     if store.stage_complete(stage.name, fp):
-        if store.attrs.get(f"data_contents_{split}") != contents:  # touched, not changed: keep the new stats
-            store.set_attrs(**{f"data_contents_{split}": contents})
+        now = {f"data_contents_{split}": contents, f"skipped_{split}": src.skipped}
+        if any(store.attrs.get(k) != v for k, v in now.items()):  # touched files, or skips added: recorded
+            store.set_attrs(**now)
         return {"split": split, "n": len(src), "pending": [], "fingerprint": fp}
     probe = batched_forward(sm.psi, src.load(np.arange(1)), 1, device(spec))
     n_classes = batched_forward(sm.head, probe, 1, device(spec)).shape[1]

@@ -14,6 +14,7 @@ import torch
 from prefect import task
 
 from repint.config import TrainConfig
+from repint.contents import content_record
 from repint.data import source_from_spec
 from repint.model import Classifier
 from repint.nets import build_model, train_classifier
@@ -41,8 +42,11 @@ def train_model(reference: dict[str, Any], unseen: dict[str, Any] | None, archit
     result is cached under ``$REPINT_CACHE/models/<fingerprint>.pt`` and reused."""
     src = source_from_spec(reference)
     n_classes = len(src.class_names)
+    # the images' contents too (files replaced under the same names train another model); the embedded
+    # digits are their spec, and keep the key they always had
+    content = () if reference.get("kind") == "digits" or checkpoint else (content_record(src, 256)["fingerprint"],)
     fp = fingerprint_params("train", TRAIN_CODE_VERSION, src.fingerprint(), architecture, image_size, mean, std,
-                            train.model_dump())
+                            train.model_dump(), *content)
     path = Path(checkpoint) if checkpoint else cache_dir() / "models" / f"{architecture}-{fp}.pt"
     meta_path = path.with_suffix(".json")
     if not checkpoint and path.exists() and meta_path.exists():

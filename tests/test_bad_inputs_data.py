@@ -240,9 +240,14 @@ def test_unseen_npz_labels_the_reference_lacks_are_an_error(tmp_path):
     ref = _npz(tmp_path / "r.npz", np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 1, 0, 1]))
     uns = _npz(tmp_path / "u.npz", np.zeros((5, 3, 8, 8), np.uint8), np.array([0, 2, 1, 3, 2]))
     with pytest.raises(ValueError, match=r"^data\.unseen: .*u\.npz: 3 images are labelled with classes the reference "
-                                         r"set lacks \(labels \[2, 3\]; data\.reference has classes 0\.\.1\): RI "
+                                         r"set lacks \(labels \[2, 3\]; data\.reference has labels \[0, 1\]\): RI "
                                          r"explains the reference's classes; leave those images out\.$"):
         data_sources(_arrays_cfg(ref, uns))
+    # a class missing between the reference's labels (0 and 2, no 1) is lacking too
+    gap = _npz(tmp_path / "g.npz", np.zeros((4, 3, 8, 8), np.uint8), np.array([0, 2, 0, 2]))
+    with pytest.raises(ValueError,
+                       match=r"1 images are labelled .*\(labels \[1\]; data\.reference has labels \[0, 2\]"):
+        data_sources(_arrays_cfg(gap, _npz(tmp_path / "v.npz", np.zeros((2, 3, 8, 8), np.uint8), np.array([0, 1]))))
 
 
 def test_reference_npz_labels_beyond_the_model_are_an_error(tmp_path):
