@@ -82,11 +82,8 @@ def _check_arrays(cfg: Config, ref: ArraySource, uns: ArraySource) -> None:
 
 
 def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def input_channels(cfg: Config) -> int:

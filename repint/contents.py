@@ -50,9 +50,7 @@ def _hash_files(paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
+            h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()[:16]
 
 
