@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker); print a markdown table and write bench.json and bench.md.")
     add_arguments(bn)
     bn.set_defaults(fn=cmd_bench)
+    from repint.app import explain
+
+    explain.add_parser(sub)
     d.set_defaults(fn=cmd_demo)
     r.set_defaults(fn=cmd_run)
     t.set_defaults(fn=cmd_train)

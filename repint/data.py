@@ -29,7 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     from repint.arrays import ArraySource
 
-__all__ = ["ArraySource", "DigitsSource", "ImageFolderSource", "ImageSource", "ImageTooLargeError", "max_image_pixels",
+__all__ = ["ArraySource", "DigitsSource", "ImageFolderSource", "ImageSource", "ImageTooLargeError", "decode_image",
+           "image_array", "max_image_pixels",
            "source_from_spec"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -159,22 +160,34 @@ def _decode(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
         if limit is not None and im.size[0] * im.size[1] > limit:  # Pillow only warns up to twice the limit
             raise _too_large(path, im.size, limit)
         im.load()
-        if im.mode in _SIXTEEN_BIT_MODES:
-            # 16-bit grayscale: Pillow's convert("RGB") clips at 255 (a white image); scale 0..65535 instead
-            grey = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
-            f = Image.fromarray(grey)  # mode "F"
-            if f.size != (image_size, image_size):
-                f = f.resize((image_size, image_size), Image.BILINEAR)
-            return np.repeat(np.asarray(f, dtype=np.float32)[None], channels, axis=0).clip(0.0, 1.0)
-        if channels == 1:  # Pillow's ITU-R 601-2 luma of RGB and palette images
-            grey = im.convert("L")
-            if grey.size != (image_size, image_size):
-                grey = grey.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(grey, dtype=np.float32)[None] / 255.0
-        rgb = im.convert("RGB")
-        if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
-        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return image_array(im, image_size, channels)
+
+
+decode_image = _decode  #: ``decode_image(path, image_size, channels)``: one image file as the model's input
+
+
+def image_array(im: Any, image_size: int, channels: int = 3) -> np.ndarray:
+    """A decoded PIL image as the model's input, ``[channels, image_size, image_size]`` float32 in
+    ``[0, 1]``: what every image of an ImageFolder goes through (bilinear resize; 16-bit grey scaled, not
+    clipped; one channel is ITU-R 601-2 luma)."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grayscale: Pillow's convert("RGB") clips at 255 (a white image); scale 0..65535 instead
+        grey = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        f = Image.fromarray(grey)  # mode "F"
+        if f.size != (image_size, image_size):
+            f = f.resize((image_size, image_size), Image.BILINEAR)
+        return np.repeat(np.asarray(f, dtype=np.float32)[None], channels, axis=0).clip(0.0, 1.0)
+    if channels == 1:  # Pillow's ITU-R 601-2 luma of RGB and palette images
+        grey = im.convert("L")
+        if grey.size != (image_size, image_size):
+            grey = grey.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(grey, dtype=np.float32)[None] / 255.0
+    rgb = im.convert("RGB")
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 @dataclass

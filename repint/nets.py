@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from repint.checkpoints import load_checkpoint
-from repint.model import Classifier
+from repint.model import Classifier, SplitModel, example_input, split_model
 
-__all__ = ["VGG_WIDTHS", "TrainResult", "VGGNet", "augment_batch", "build_model", "input_channels_of",
+__all__ = ["VGG_WIDTHS", "TrainResult", "VGGNet", "augment_batch", "build_model", "build_split", "input_channels_of",
            "load_checkpoint", "load_network", "resolve_device", "train_classifier"]
 
 VGG_WIDTHS: dict[str, tuple[int, ...]] = {
@@ -198,3 +198,15 @@ def train_classifier(
             progress(epoch + 1, acc)
     model.eval().cpu()
     return TrainResult(train_accuracy=acc, epochs=epochs, seconds=time.perf_counter() - start)
+
+
+def build_split(m: dict[str, Any]) -> tuple[SplitModel, dict[str, Any]]:
+    """The run spec's ``model`` built, its weights loaded, wrapped in its normalisation and split at ψ
+    (``G(ψ(x)) == F(x)`` checked on two seeded random images); and how the weights were found."""
+    net, loading = load_network(m)
+    clf = Classifier(net, tuple(m["mean"]), tuple(m["std"])).eval()
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    sm = split_model(clf, m["layer"], allow_nonlinear_head=m.get("allow_nonlinear_head", False),
+                     example=example_input(len(m["mean"]), m["image_size"]))
+    return sm, loading

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from repint.data import ImageSource, source_from_spec
-from repint.model import Classifier, SplitModel, example_input, split_model
-from repint.nets import load_network, resolve_device
+from repint.model import SplitModel
+from repint.nets import build_split, resolve_device
 from repint.storage import FeatureStore
 from repint.storage.layout import StageKind
 from repint.tasks.runspec import RunSpec
@@ -40,18 +40,6 @@ def source(spec: RunSpec, split: str) -> ImageSource:
 
 def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def build_split(m: dict[str, Any]) -> tuple[SplitModel, dict[str, Any]]:
-    """The run spec's ``model`` built, its weights loaded, wrapped in its normalisation and split at ψ
-    (``G(ψ(x)) == F(x)`` checked on two seeded random images); and how the weights were found."""
-    net, loading = load_network(m)
-    clf = Classifier(net, tuple(m["mean"]), tuple(m["std"])).eval()
-    for p in clf.parameters():
-        p.requires_grad_(True)
-    sm = split_model(clf, m["layer"], allow_nonlinear_head=m.get("allow_nonlinear_head", False),
-                     example=example_input(len(m["mean"]), m["image_size"]))
-    return sm, loading
 
 
 @functools.lru_cache(maxsize=4)

@@ -63,13 +63,23 @@ def prepare_evaluation(spec: RunSpec, method: Variant) -> list[int]:
                            *((fallback,) if method.method().uses_polytope and fallback != fallbacks()[0] else ()),
                            settings.fingerprint())  # a stage of before the metrics is evaluated again
     if store.stage_complete(stage.name, fp):
+        _record_reuse(store, spec, method, fallback)
         return []
     side = int(spec.model["image_size"])
     pending = store.prepare(stage, fp, {"N": store.shape(INGEST.of("unseen")["predictions"])[0],
                                         "chunk": spec.chunk_size, **settings.sizes(side, side)})
     store.update_attrs(stage.group, fractions=list(settings.fractions),
                        curves=[f"{m}-{b}" for m, b in settings.curves], curve_steps=settings.steps)
+    _record_reuse(store, spec, method, fallback)
     return pending
+
+
+def _record_reuse(store, spec: RunSpec, method: Variant, fallback: str) -> None:  # noqa: ANN001
+    """How the evaluation reuses the method's interpretations, for those who apply them to new images
+    (:class:`repint.storage.interpretations.Interpretations`): the fallback rule, the kept share and
+    Eq. 6's normals (settings only: no fingerprint changes)."""
+    store.update_attrs(EVALUATE.of(method.key).group, fallback=fallback, keep_fraction=spec.evaluation.keep_fraction,
+                       unit_normals=spec.settings(method).unit_normals, method=method.label)
 
 
 def _centres(store, method: Variant, spec: RunSpec, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001

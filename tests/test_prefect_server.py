@@ -67,15 +67,18 @@ def test_deploy_all_creates_the_deployments_with_parameters_schedules_and_pool(s
 
     deployments, automations = client_call(server["url"], read)
     by_name = {d.name: d for d in deployments}
-    assert set(by_name) == {"nightly", "after-retraining"}
-    nightly, after = by_name["nightly"], by_name["after-retraining"]
+    assert set(by_name) == {"nightly", "after-retraining", "explain-new-images"}
+    nightly, after, explain = by_name["nightly"], by_name["after-retraining"], by_name["explain-new-images"]
+    assert explain.entrypoint == "flows/explain.py:explain_flow"
+    assert explain.parameters["images"] == ["runs/incoming"] and explain.parameters["method"] == "RI"
+    assert [(s.schedule.cron, s.active) for s in explain.schedules] == [("30 3 * * *", False)]  # opt-in
     assert nightly.entrypoint == "flows/entry.py:run_pipeline" and after.entrypoint == "flows/entry.py:reinterpret"
     assert nightly.parameters["config"] == "examples/demo.yaml"
     assert after.parameters == {"config": "examples/reinterpret.yaml", "out": "runs/reinterpret/digits",
                                 "checkpoint": None, "store": None, "dask_address": None}
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert [s.schedule.cron for s in after.schedules] == ["0 * * * *"]
-    assert all(s.active for d in deployments for s in d.schedules)
+    assert all(s.active for d in (nightly, after) for s in d.schedules)
     assert {d.work_pool_name for d in deployments} == {POOL}
     # the pull step names the worker's checkout, never this machine's path
     for d in deployments:
@@ -83,6 +86,9 @@ def test_deploy_all_creates_the_deployments_with_parameters_schedules_and_pool(s
         assert str(REPO) not in repr(d.pull_steps)
     schema = after.parameter_openapi_schema["properties"]
     assert {"config", "out", "checkpoint", "store", "layer", "dask_address", "runs", "force"} <= set(schema)
+    (arrived,) = [a for a in automations if a.name.startswith("explain-new-images")]
+    assert arrived.trigger.expect == {"repint.images.arrived"} and arrived.actions[0].deployment_id == explain.id
+    assert arrived.actions[0].parameters == {"images": ["{{ event.payload.folder }}"]}
     (auto,) = [a for a in automations if a.name.startswith("after-retraining")]
     assert auto.trigger.expect == {"repint.checkpoint.updated"}
     assert auto.actions[0].deployment_id == after.id
