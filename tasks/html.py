@@ -22,6 +22,7 @@ from repint.storage.layout import CENTRES, EVALUATE, INGEST, POLYTOPES
 from repint.tasks.casestudy import representative_centres
 from repint.tasks.common import logger, open_store, source
 from repint.tasks.htmlfigures import curve_figures, figure_data_uri, per_class_table, png_data_uri, score_table
+from repint.tasks.htmlindex import interpretation_index
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
 
@@ -261,8 +262,9 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
     table = Results.from_summary(summary)
     rows = to_rows(table, "html")
     folders = [out, *dict.fromkeys(Path(s.out_dir) for s in specs)]
+    title = f"RepInt report: {summary.get('dataset', spec.dataset)}"
     context = {
-        "title": f"RepInt report: {summary.get('dataset', spec.dataset)}",
+        "title": title, "index": interpretation_index(spec, store, out, title),
         "summary": summary, "rows": rows, "runs": int(summary.get("runs", len(specs))),
         "polytopes": summary.get("polytopes", {}), "galleries": galleries,
         "case_studies": case_study_images(folders, out), "parameters": parameters(specs, summary, attrs),

@@ -1,6 +1,8 @@
 """report.html: a tiny study's page carries summary.json's numbers and the store's scores, embeds every
 figure as a PNG data URI, reaches for nothing on the network, and renders in a real headless Chromium
-with no console error (checked over the DevTools protocol; a screenshot is taken)."""
+with no console error (checked over the DevTools protocol; a screenshot is taken). Its index lists every
+interpretation with the store's numbers, links each one's own page (small embedded thumbnails) and sorts
+by a clicked header in the browser."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ DATA_PNG = "data:image/png;base64,"
 
 class _Page(HTMLParser):
     """The parts of the page the test checks: every src/href, the images (and their alt text), the tables by
-    id (cell texts, and beside them each cell's class and each row's data- attributes), the galleries, the text."""
+    id (cell texts, and beside them each cell's class and data-value and each row's data- attributes), the
+    galleries, the text."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,6 +45,7 @@ class _Page(HTMLParser):
         self.tables: dict[str, list[list[str]]] = {}
         self.classes: dict[str, list[list[str]]] = {}
         self.row_data: dict[str, list[dict[str, str]]] = {}
+        self.values: dict[str, list[list[str | None]]] = {}
         self.text: list[str] = []
         self.sections: list[str] = []
         self._table: list[list[str]] | None = None
@@ -72,14 +76,17 @@ class _Page(HTMLParser):
             self.tables.setdefault(key, self._table)
             self.classes.setdefault(key, [])
             self.row_data.setdefault(key, [])
+            self.values.setdefault(key, [])
         elif tag == "tr" and self._table is not None:
             self._row = []
             self._table.append(self._row)
             self.classes[self._id[-1]].append([])
             self.row_data[self._id[-1]].append({k[5:]: v or "" for k, v in attrs if k.startswith("data-")})
+            self.values[self._id[-1]].append([])
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
             self.classes[self._id[-1]][-1].append(a.get("class") or "")
+            self.values[self._id[-1]][-1].append(a.get("data-value"))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None and self._row is not None:
@@ -94,6 +101,11 @@ class _Page(HTMLParser):
         self.text.append(data)
         if self._cell is not None:
             self._cell.append(data)
+
+
+def _figures(page: _Page) -> list[str]:
+    """The page's images but the index's thumbnails."""
+    return [src for src, alt in zip(page.images, page.alts, strict=True) if not alt.startswith("thumbnail:")]
 
 
 SPLITS = ("all", "covered", "uncovered")
@@ -243,8 +255,10 @@ def test_page_carries_the_results_and_embeds_every_figure(report):
     assert params["layer (ψ)"] == on_disk["layer"] and params["|Q|"] == str(on_disk["q"])
     assert store.attrs["store_id"] in {r[3] for r in page.tables["runs"]}
 
-    # every image is an embedded PNG that decodes: 2 per gallery + every case study in the folder + 4 curves
-    assert len(page.images) == 2 * 2 + len(list(out.glob("case-study-*.png"))) + len(CURVES)
+    # every image is an embedded PNG that decodes: 2 per gallery + every case study in the folder + 4 curves,
+    # and the index's thumbnail of each interpretation's input
+    assert len(_figures(page)) == 2 * 2 + len(list(out.glob("case-study-*.png"))) + len(CURVES)
+    assert len(page.images) - len(_figures(page)) == store.shape("centres/input_index")[0]
     for src in page.images:
         assert src.startswith(DATA_PNG)
         with Image.open(io.BytesIO(base64.b64decode(src[len(DATA_PNG):], validate=True))) as im:
@@ -252,7 +266,8 @@ def test_page_carries_the_results_and_embeds_every_figure(report):
             im.verify()
     # nothing on the network: no remote src/href, no CSS url()/@import
     assert not [u for u in page.links if re.match(r"\s*(https?:)?//", u, re.I)]
-    assert "url(" not in html and "@import" not in html and "<script" not in html
+    assert "url(" not in html and "@import" not in html
+    assert re.findall(r"<script\b[^>]*>", html) == ["<script>"]  # the index's sorting, inline: no src
 
 
 def test_prefect_artifacts_link_the_page_and_its_table(report):
@@ -293,7 +308,7 @@ def test_a_study_of_several_runs_shows_mean_std_and_each_run(report, tmp_path):
     per_run = {r[0]: r[1:] for r in page.tables["per-run"][1:]}
     assert per_run["RI"][1] == f"{methods['RI']['mAD'] + 1:.2f} / {methods['RI']['mAI']:.2f}"
     assert page.tables["run-timings"][1:] == [["0", "1.0", "9.0"], ["1", "2.0", "9.0"]]
-    assert len(page.images) == 2 * 2 + 1 + len(CURVES)  # the galleries of run 0, run 1's case study, the curves
+    assert len(_figures(page)) == 2 * 2 + 1 + len(CURVES)  # the galleries of run 0, run 1's case study, the curves
 
 
 def test_a_summary_without_the_scores_leaves_their_sections_out(report, tmp_path):
@@ -303,11 +318,15 @@ def test_a_summary_without_the_scores_leaves_their_sections_out(report, tmp_path
     old["methods"] = {m: {k: v for k, v in r.items() if k not in ("metrics", "metrics_std", "per_class", "curves",
                                                                     "n_covered")}
                       for m, r in summary["methods"].items()}
+    stale = tmp_path / "old" / "interpretations" / "interpretation-999.html"  # a centre of an earlier store
+    stale.parent.mkdir(parents=True)
+    stale.write_text("stale")
     page = _Page.of(html_report([spec], old, str(tmp_path / "old")))
+    assert not stale.exists() and len(list(stale.parent.glob("*.html"))) == len(page.tables["interpretation-index"]) - 1
     assert {"results", "polytopes", "parameters"} <= set(page.tables)
     assert not {"scores", "per-class"} & set(page.tables)
     case_studies = len(list(Path(spec.out_dir).glob("case-study-*.png")))  # the run's, embedded as before
-    assert not [a for a in page.alts if a.endswith(" curves")] and len(page.images) == 2 * 2 + case_studies
+    assert not [a for a in page.alts if a.endswith(" curves")] and len(_figures(page)) == 2 * 2 + case_studies
     text = " ".join(" ".join(page.text).split())
     assert f"{summary['n_interpretations']} interpretations, |Q|" in text and "distinct polytopes" not in text
     html = (tmp_path / "old" / "report.html").read_text(encoding="utf-8")
@@ -337,6 +356,108 @@ def test_results_rows_of_a_study_show_mean_and_std():
     assert (ri["mAD (%)"], ri["mAI (%)"], ri["covered unseen"]) == ("10.00 ± 1.23", "40.00 ± 0.50",
                                                                    "45.0 ± 1.0 / 50 (90.0%)")
     assert (cam["mAD (%)"], cam["runs"], cam["covered unseen"]) == ("12.00", 1, "")
+
+
+# -- the index of every interpretation and their pages -----------------------------------------------------
+
+
+def _mad_by_hand(store: FeatureStore, method: str, v: int) -> str:
+    """``method``'s mAD on the unseen images it reused interpretation ``v`` on, as the index shows it."""
+    centre = store.read(f"evaluation/{method}/centre")
+    y, y_masked = store.read(f"evaluation/{method}/y"), store.read(f"evaluation/{method}/y_masked")
+    drops = [100 * max(0.0, float(y[i]) - float(y_masked[i])) / float(y[i]) for i in np.flatnonzero(centre == v)]
+    return f"{sum(drops) / len(drops):.2f}" if drops else ""
+
+
+def _png(src: str) -> tuple[int, int]:
+    assert src.startswith(DATA_PNG)
+    with Image.open(io.BytesIO(base64.b64decode(src[len(DATA_PNG):], validate=True))) as im:
+        assert im.format == "PNG"
+        im.verify()
+        return im.size
+
+
+def test_index_lists_every_interpretation_with_the_stores_numbers(report):
+    from repint.tasks.htmlindex import INDEX_THUMB_PX
+
+    out, path, _, spec = report
+    page = _Page.of(path)
+    store = FeatureStore(str(out / "store.zarr"), mode="r")
+    n = store.shape("centres/input_index")[0]
+    methods = list(spec.evaluation.methods)
+    head, *rows = page.tables["interpretation-index"]
+    assert head == ["input", "id", "class", "|P|", "coverage", "purity", "reused on", "of them covered",
+                    *(f"mAD {m}" for m in methods)]
+    # every interpretation, once, in id order (the page without its script)
+    assert n >= 10 and len(rows) == n and [r[1] for r in rows] == [str(v) for v in range(n)]
+    assert [d["centre"] for d in page.row_data["interpretation-index"][1:]] == [str(v) for v in range(n)]
+    size, n_cov = store.read("polytopes/size"), store.read("polytopes/n_covered")
+    purity, cls = store.read("polytopes/purity"), store.read("centres/predicted_class")
+    ri, covered = store.read("evaluation/RI/centre"), store.read("evaluation/RI/covered")
+    for v, row in enumerate(rows):
+        assert row[2:6] == [str(cls[v]), str(size[v]), str(n_cov[v]), f"{purity[v]:.3f}"]  # digits: names are ids
+        assert row[6:8] == [str(int((ri == v).sum())), str(int(((ri == v) & covered).sum()))]
+        assert row[8:] == [_mad_by_hand(store, m, v) for m in methods]
+    assert sum(int(r[6]) for r in rows) == store.shape("unseen/ids")[0]  # each unseen image reuses one
+    assert any(r[8] for r in rows) and any(r[9] for r in rows)
+    # the numbers sort by their raw values; a tiny thumbnail of each input, and nothing else per row
+    values = page.values["interpretation-index"][1:]
+    assert all(float(vals[3]) == size[v] and float(vals[6]) == (ri == v).sum() for v, vals in enumerate(values))
+    thumbs = [src for src, alt in zip(page.images, page.alts, strict=True) if alt.startswith("thumbnail:")]
+    assert len(thumbs) == n and all(max(_png(src)) <= INDEX_THUMB_PX for src in thumbs)
+
+
+def test_every_row_links_a_page_of_its_own_with_embedded_thumbnails(report):
+    from repint.tasks.casestudy import eq6_neighbours
+    from repint.tasks.htmlindex import INPUT_PX, MAX_REUSED_PAGE, TOP_SIMILAR
+
+    out, path, _, spec = report
+    html = path.read_text(encoding="utf-8")
+    store = FeatureStore(str(out / "store.zarr"), mode="r")
+    n = store.shape("centres/input_index")[0]
+    links = {int(v): href for v, href in re.findall(r'<tr id="index-(\d+)"[^>]*>.*?<a href="([^"]+)"', html, re.S)}
+    assert sorted(links) == list(range(n)) and 'id="interpretations"' in html
+    assert sorted(p.name for p in (out / "interpretations").glob("*")) == \
+        sorted(f"interpretation-{v}.html" for v in range(n))
+    ref_ids, inputs = store.read("reference/ids"), store.read("centres/input_index")
+    unseen_ids = list(store.read("unseen/ids"))
+    ri, covered = store.read("evaluation/RI/centre"), store.read("evaluation/RI/covered")
+    y, y_masked = store.read("evaluation/RI/y"), store.read("evaluation/RI/y_masked")
+    total = path.stat().st_size
+    for v, href in links.items():
+        target = path.parent / href
+        assert href == f"interpretations/interpretation-{v}.html" and target.is_file()
+        total += target.stat().st_size
+        text = target.read_text(encoding="utf-8")
+        sub = _Page.of(target)
+        words = " ".join(" ".join(sub.text).split())
+        assert f"Interpretation {v}: class {store.read('centres/predicted_class')[v]}" in words
+        assert str(ref_ids[inputs[v]]) in words
+        # relative links only, each to a file that exists: back to the index, to the neighbouring pages
+        assert "../report.html#interpretations" in sub.links
+        for link in sub.links:
+            if not link.startswith("data:"):
+                assert not re.match(r"\s*(https?:)?//", link) and (target.parent / link.split("#")[0]).is_file()
+        # every image embedded, decodable and small: the input and its RI map, Eq. 6's images and their maps,
+        # and per reused unseen image the image, its map and the masked image
+        near = eq6_neighbours(spec, store, v, TOP_SIMILAR)
+        n_reused = min(int((ri == v).sum()), MAX_REUSED_PAGE)
+        assert len(sub.images) == 2 + 2 * len(near) + 3 * n_reused
+        assert all(max(_png(src)) <= INPUT_PX for src in sub.images)
+        assert [int(i) for i in re.findall(r'<figure data-index="(\d+)">', text)] == near.tolist()
+        # the unseen images RI reused it on, covered ones first, with their stored scores
+        if n_reused:
+            shown = [unseen_ids.index(r[0]) for r in sub.tables["reused-on"][1:]]
+            mine = np.flatnonzero(ri == v)
+            assert len(shown) == n_reused and all(ri[i] == v for i in shown)
+            assert sum(covered[i] for i in shown) == min(n_reused, int(covered[mine].sum()))
+            for row, i in zip(sub.tables["reused-on"][1:], shown, strict=True):
+                assert row[2] == ("yes" if covered[i] else "no")
+                assert row[6:8] == [f"{y[i]:.4f}", f"{y_masked[i]:.4f}"]
+        else:
+            assert "reused-on" not in sub.tables
+        assert target.stat().st_size < 100_000
+    assert total < path.stat().st_size + n * 100_000
 
 
 # -- a real browser -------------------------------------------------------------------------------------------
@@ -480,3 +601,81 @@ def test_page_renders_in_headless_chromium(request, tmp_path):
         pixels = np.asarray(im.convert("L"), dtype=np.float32)
     assert pixels.shape == (2000, 1200)
     assert pixels.var() > 0 and (pixels < 200).mean() > 0.001  # text, tables, figures: not a blank page
+
+
+_ORDER = "JSON.stringify(Array.from(document.querySelectorAll('#interpretation-index tbody tr'))" \
+         ".map(r => Number(r.dataset.centre)))"
+_STATE = "JSON.stringify(Object.fromEntries(Array.from(" \
+         "document.querySelectorAll('#interpretation-index th[data-key]'))" \
+         ".map(th => [th.dataset.key, [th.getAttribute('aria-sort'), th.querySelector('.sort-indicator')" \
+         ".textContent.trim()]])))"
+
+
+def _click_header(browser: _DevTools, key: str) -> None:
+    """A real mouse click (pressed, released) on the middle of column ``key``'s header button."""
+    x, y = json.loads(browser.evaluate(
+        f"(() => {{ const b = document.querySelector('#interpretation-index th[data-key=\"{key}\"] button');"
+        " b.scrollIntoView({block: 'center'}); const r = b.getBoundingClientRect();"
+        " return JSON.stringify([r.left + r.width / 2, r.top + r.height / 2]); })()"))
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+
+def test_index_sorts_by_a_clicked_header_in_headless_chromium(request, tmp_path):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary (Debian: apt-get install -y chromium)")
+    _, path, _, spec = request.getfixturevalue("report")
+    page = _Page.of(path)
+    head = page.tables["interpretation-index"][0]
+    keys = ["id", "class", "size", "coverage", "purity", "reused", "reused-covered",
+            *(f"mad-{m}" for m in spec.evaluation.methods)]
+    col = {k: i + 1 for i, k in enumerate(keys)}  # column 0: the thumbnail, not sortable
+    assert len(head) == len(keys) + 1
+    cells = {int(d["centre"]): (r, vals) for d, r, vals in zip(page.row_data["interpretation-index"][1:],
+                                                                 page.tables["interpretation-index"][1:],
+                                                                 page.values["interpretation-index"][1:],
+                                                                 strict=True)}
+
+    def expected(key: str, desc: bool) -> list[int]:
+        """The order the script should give: by value (text: as numbers where they are), then by id;
+        blanks last either way."""
+        def value(v: int) -> Any:
+            text, raw = cells[v][0][col[key]], cells[v][1][col[key]]
+            return float(raw) if raw is not None else (int(text) if text.isdigit() else text)
+        full = [v for v in sorted(cells) if cells[v][0][col[key]] != ""]
+        blank = [v for v in sorted(cells) if cells[v][0][col[key]] == ""]
+        return sorted(full, key=value, reverse=desc) + blank
+
+    browser = _DevTools(binary, tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        assert browser.open(path.resolve().as_uri()) == []
+        assert json.loads(browser.evaluate(_ORDER)) == sorted(cells)
+        assert set(json.loads(browser.evaluate(_STATE))) == set(keys)
+        for key, desc in [("size", False), ("size", True), ("class", False), ("coverage", False),
+                          (f"mad-{spec.evaluation.methods[1]}", False), (f"mad-{spec.evaluation.methods[1]}", True),
+                          ("id", False), ("id", True)]:
+            _click_header(browser, key)
+            assert json.loads(browser.evaluate(_ORDER)) == expected(key, desc), (key, desc)
+            state = json.loads(browser.evaluate(_STATE))
+            assert state[key] == (["descending", "▼"] if desc else ["ascending", "▲"])
+            assert all(s == ["none", ""] for k, s in state.items() if k != key)
+        assert expected("size", False) != expected("size", True)  # the clicks reordered the rows
+        first = json.loads(browser.evaluate(_ORDER))[0]  # rows keep their links while sorted
+        assert browser.evaluate("document.querySelector('#interpretation-index tbody tr td:nth-child(2) a')"
+                                ".getAttribute('href')") == f"interpretations/interpretation-{first}.html"
+        # ?sort=-<column> sorts on load, as a link to a sorted index would
+        assert browser.open(path.resolve().as_uri() + "?sort=-reused") == []
+        assert json.loads(browser.evaluate(_ORDER)) == expected("reused", True)
+        assert browser.evaluate("document.getElementById('interpretation-index').dataset.sorted") == "reused:desc"
+        # an interpretation's page: no error, every thumbnail loaded, the back link to the index
+        target = path.parent / f"interpretations/interpretation-{first}.html"
+        assert browser.open(target.resolve().as_uri()) == []
+        images = json.loads(browser.evaluate("JSON.stringify(Array.from(document.images)"
+                                             ".map(i => [i.complete, i.naturalWidth, i.width]))"))
+        assert images and all(ok and 0 < w <= width <= 96 for ok, w, width in images)
+        assert browser.evaluate("document.getElementById('back').href") == \
+            path.resolve().as_uri() + "#interpretations"
+    finally:
+        browser.close()
