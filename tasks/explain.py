@@ -82,26 +82,44 @@ def _png_name(index: int, image: str) -> str:
     return f"{index:06d}-{stem}.png"
 
 
+TILE = 112  # pixels of each panel's side in an explanation's PNG (small images are scaled up, pixels kept)
+
+
+def _tile(image: np.ndarray, overlay: np.ndarray | None = None) -> np.ndarray:
+    """A ``[C, H, W]`` image (and a heat map blended over it, jet at 50%) as a ``TILE``-wide uint8 panel."""
+    from matplotlib import colormaps
+
+    rgb = display_image(image)
+    if overlay is not None:
+        rgb = 0.5 * rgb + 0.5 * colormaps["jet"](np.clip(overlay, 0, 1))[..., :3]
+    from PIL import Image
+
+    panel = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+    h, w = rgb.shape[:2]
+    scale = TILE / max(h, w)
+    return np.asarray(panel.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                   Image.NEAREST if scale >= 1 else Image.BILINEAR))
+
+
 def _draw(path: Path, title: str, image: np.ndarray, heatmap: np.ndarray, kept: np.ndarray,
           similar: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-    """One explanation as a PNG: image, map, kept pixels, then each similar reference image with its map."""
-    from matplotlib.figure import Figure
+    """One explanation as a PNG: image, map, kept pixels, then each similar reference image with its map
+    (composed with Pillow: a few milliseconds per image, where a matplotlib figure takes a quarter second)."""
+    from PIL import Image, ImageDraw
 
-    cols = 3 + len(similar)
-    fig = Figure(figsize=(1.6 * cols, 2.0))
-    axes = fig.subplots(1, cols, squeeze=False)[0]
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.78, wspace=0.06)
-    shown = [("image", display_image(image), None), ("map", display_image(image), heatmap),
-             ("kept pixels", display_image(mask_images(image[None], kept[None])[0]), None),
-             *((f"similar {sid[-14:]}", display_image(img), m) for sid, img, m in similar)]
-    for ax, (caption, img, overlay) in zip(axes, shown, strict=True):
-        ax.imshow(img)
-        if overlay is not None:
-            ax.imshow(overlay, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        ax.text(0.5, 1.02, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=7)
-        ax.set_axis_off()
-    fig.text(0.5, 0.98, title, ha="center", va="top", fontsize=8)
-    fig.savefig(path, dpi=80)
+    shown = [("image", _tile(image)), ("map", _tile(image, heatmap)),
+             ("kept pixels", _tile(mask_images(image[None], kept[None])[0])),
+             *((f"similar {sid[-16:]}", _tile(img, m)) for sid, img, m in similar)]
+    gap, top, caption = 4, 18, 14
+    th, tw = max(t.shape[0] for _, t in shown), max(t.shape[1] for _, t in shown)
+    canvas = Image.new("RGB", (len(shown) * (tw + gap) + gap, top + caption + th + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 3), title, fill="black")
+    for j, (text, tile) in enumerate(shown):
+        x = gap + j * (tw + gap)
+        draw.text((x, top), text, fill="black")
+        canvas.paste(Image.fromarray(tile), (x, top + caption))
+    canvas.save(path, optimize=False)
 
 
 def explain_files(ri: Interpretations, files: Sequence[Path], out: Path, method: str = "RI", top: int = 4,

@@ -195,6 +195,17 @@ def test_a_changed_checkpoint_an_incomplete_store_and_a_foreign_method_are_clear
         ri.explain(np.zeros((1, 3, 32, 32), np.float32), method="Score-CAM")
     with pytest.raises(ValueError, match=r"the model takes \[n, 3, 32, 32\]"):
         ri.explain(np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ri.explain(np.full((1, 3, 32, 32), np.nan, np.float32))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("no images here")
+    assert main(["explain", run["store"], str(tmp_path / "empty"), str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no image files in" in err and "(2 other entries skipped)" in err
+    assert main(["explain", str(tmp_path / "nostore.zarr"), str(run["root"] / "unseen"), "--out",
+                 str(tmp_path / "o3")]) == 2
+    assert "No RepInt store at" in capsys.readouterr().err
     # a store whose polytopes stage did not finish
     copy = tmp_path / "incomplete.zarr"
     shutil.copytree(run["store"], copy)
