@@ -3,12 +3,12 @@ for the embedded demo), the store location."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, cast
 
 from repint.arrays import ArraySource
 from repint.config import Config
+from repint.contents import file_sha256
 from repint.data import ImageSource, source_from_spec
 from repint.nets import VGG_WIDTHS, VGGNet
 from repint.tasks.runspec import RunSpec
@@ -79,11 +79,6 @@ def _check_arrays(cfg: Config, ref: ArraySource, uns: ArraySource) -> None:
                          f"set lacks (labels {sorted(set(uns.labels[bad].tolist()))[:10]}; data.reference has "
                          f"labels {sorted(set(ref.labels.tolist()))[:10]}): RI explains the reference's classes; "
                          "leave those images out.")
-
-
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def input_channels(cfg: Config) -> int:

@@ -26,7 +26,13 @@ import numpy as np
 
 from repint.data import ImageSource
 
-__all__ = ["changed_chunks", "chunk_files", "content_record"]
+__all__ = ["changed_chunks", "chunk_files", "content_record", "file_sha256"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The first 16 hex digits of a file's SHA-256: how stores record their checkpoint (``checkpoint_sha256``)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def _files(src: ImageSource) -> list[Path] | None:

@@ -10,7 +10,6 @@ method's heat maps (:class:`repint.explain.Explanation`). Nothing is written to 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repint.contents import file_sha256
 from repint.data import decode_image, image_array, source_from_spec
 from repint.explain import Explanation, assign_images
 from repint.methods import Method, get_method
@@ -34,11 +34,6 @@ __all__ = ["Interpretations", "InputImages"]
 InputImages = np.ndarray | Sequence[Any]  #: ``[n, C, H, W]`` pixel-space arrays, PIL images or paths
 REQUIRED = (INGEST.of("reference").name, CENTRES.of().name, BOUNDARIES.of().name, POLYTOPES.of().name)
 RANK_BLOCK = 1024  # covered reference images projected at a time (Eq. 6)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 class Interpretations:
@@ -261,7 +256,8 @@ def _check_checkpoint(url: str, model: dict[str, Any]) -> None:
     if not p.is_file():
         raise StoreError(f"Store {url} was computed with the checkpoint {path}, which is not there: pass its new "
                          "location (`checkpoint=` / `--checkpoint`).")
-    if want and _sha256(p) != want:
+    now = file_sha256(p) if want else None
+    if want and now != want:
         raise StoreError(f"Store {url} was computed with a checkpoint whose SHA-256 starts {want}, but {path} is now "
-                         f"{_sha256(p)}: the model changed since. Re-run `repint run` on the new checkpoint, or pass "
+                         f"{now}: the model changed since. Re-run `repint run` on the new checkpoint, or pass "
                          "the original one (`checkpoint=` / `--checkpoint`).")
