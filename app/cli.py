@@ -242,6 +242,12 @@ def _layers_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return Classifier(net, tuple(mean), tuple(std)).eval(), images, f"{args.model} ({size}x{size} random images)"
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from repint.app.serve import serve
+
+    return serve(args.runs_dir, host=args.host, port=args.port)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from repint.app.bench import run
 
@@ -321,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--all", action="store_true", help="also list the layers a skip connection bypasses")
     ly.add_argument("--json", action="store_true", help="the analysis as JSON")
     ly.set_defaults(fn=cmd_layers)
+    sv = sub.add_parser("serve", help="serve the reports under a runs folder over HTTP (read only), so that the "
+                        "Prefect UI's report links open", description="Serve RUNS_DIR read only on HTTP: / lists "
+                        "every run's report.html and the versions of `repint reinterpret` outputs (newest first); "
+                        "set REPINT_REPORTS_URL=http://HOST:PORT where flows run and the repint-report artifacts "
+                        "link here (docs/operations.md). Ctrl-C stops it.")
+    sv.add_argument("runs_dir", metavar="RUNS_DIR", help="the folder the runs write into (e.g. runs)")
+    sv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: a free one)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                    "only)")
+    sv.set_defaults(fn=cmd_serve)
     from repint.app.bench import add_arguments
 
     bn = sub.add_parser("bench", help="the performance suite: every stage as a ratio against its limit, measured "

@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from repint.flows.progress import track
 from repint.storage import redact_url
 from repint.tasks.explain import collect_explanations, explain_chunk, image_files, open_interpretations
+from repint.tasks.links import report_link
 
 __all__ = ["explain_flow", "results_folder"]
 
@@ -61,8 +62,9 @@ def _artifacts(folder: Path, path: Path) -> dict[str, Any]:
     import json
 
     doc = json.loads(path.read_text())
-    create_link_artifact(key="repint-explanations", link=path.resolve().as_uri(), link_text=path.name,
-                         description=f"{doc['n_explained']} explanations in {folder}")
+    link = report_link(path)  # http under `repint serve` when REPINT_REPORTS_URL is set, else file:// (tasks/links.py)
+    create_link_artifact(key="repint-explanations", link=link.url, link_text=path.name,
+                         description=f"{doc['n_explained']} explanations in {folder}. {link.note}")
     lines = [f"# Explanations by {doc['method']}", "",
              f"{doc['n_explained']} images explained ({doc['n_covered']} covered by a polytope, the others by the "
              f"fallback `{doc['fallback']}`), {doc['n_skipped']} skipped. Folder: `{folder}`", "",
@@ -71,7 +73,7 @@ def _artifacts(folder: Path, path: Path) -> dict[str, Any]:
         png = folder / row["png"]
         lines.append(f"| {Path(row['image']).name} | {row['class_name']} | {row['probability']:.3f} | "
                      f"{row['interpretation']} | {row['reuse']} | {' '.join(row['similar'])} | "
-                     f"[{row['png']}]({png.resolve().as_uri()}) |")
+                     f"[{row['png']}]({report_link(png).url}) |")
     if doc["n_skipped"]:
         lines += ["", f"Skipped: {doc['n_skipped']} (listed in {path.name}), e.g. `{doc['skipped'][0]['id']}`: "
                       f"{doc['skipped'][0]['reason']}"]

@@ -24,6 +24,7 @@ from repint.tasks.common import logger, open_store, source
 from repint.tasks.htmlfigures import curve_figures, figure_data_uri, per_class_table, png_data_uri, score_table
 from repint.tasks.htmlindex import interpretation_index
 from repint.tasks.interpret import load_interpretation
+from repint.tasks.links import artifact_link
 from repint.tasks.runspec import RunSpec
 
 RI_EVALUATION = EVALUATE.of("RI")
@@ -278,8 +279,9 @@ def write_html_report(specs: list[RunSpec], summary: dict[str, Any], out_dir: st
     path = out / "report.html"
     path.write_text(render_html(context), encoding="utf-8")
     uri = path.resolve().as_uri()
-    create_link_artifact(key="repint-report", link=uri, link_text="report.html",
-                         description=context["title"])
+    link = artifact_link(spec, path)  # http(s) where it can be (repint serve, a presigned copy): tasks/links.py
+    create_link_artifact(key="repint-report", link=link.url, link_text="report.html",
+                         description=f"{context['title']}. {link.note}")
     create_table_artifact(key="repint-report-table",
                           table=to_rows(table, "html-table"),
                           description=f"Results in {path}")
