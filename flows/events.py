@@ -3,6 +3,7 @@ trigger in ``prefect.yaml`` matches it and passes ``payload.checkpoint`` as the 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,5 +25,18 @@ def emit_checkpoint_updated(checkpoint: str, meta: dict[str, Any] | None = None)
                                                      "prefect.resource.name": path.name}, payload=payload)
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=30)  # the CLI exits right after: send before it does
+    # The CLI exits right after: send before it does. drain_all stops the worker and waits (at most 30 s)
+    # until the event is sent; stopped while the event is still queued, Prefect's QueueService warns
+    # "Still processing items: 1 items remaining..." (the item counted is its own stop marker), noise that
+    # `repint train` printed before its own line. That one message is kept out during the drain; errors
+    # (an API that cannot be reached: "Unable to connect ...") still show.
+    def not_still_processing(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+    worker_log = logging.getLogger(EventsWorker.__name__)  # a QueueService logs under its class name
+    worker_log.addFilter(not_still_processing)
+    try:
+        EventsWorker.drain_all(timeout=30)
+    finally:
+        worker_log.removeFilter(not_still_processing)
     return event
