@@ -21,7 +21,8 @@ def add_parser(sub: Any) -> None:
                        "the evaluation's fallback), the boundaries it violates, the method's heat map and kept "
                        "pixels, and the most similar reference images by Eq. 6. Writes one PNG per image and "
                        "explanations.json / explanations.csv into --out; files that do not decode are counted skips.")
-    e.add_argument("store", help="the run's store (runs/demo/store.zarr, runs/x/run-0/store.zarr, s3://...)")
+    e.add_argument("store", help="the run's store (runs/demo/store.zarr; a study of several runs has one per run, "
+                   "runs/demo/store-run0.zarr, ...; s3://...)")
     e.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
     e.add_argument("--out", required=True, help="folder for the PNGs and explanations.json/.csv (new or empty)")
     e.add_argument("--method", default="RI", help="whose interpretations: RI (default) or any method the run "
@@ -56,14 +57,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.top < 0 or args.chunk_size < 1:
         raise ValueError("--top must be >= 0 and --chunk-size >= 1.")
     folder = _out_folder(args.out)
-    check_device(args.device)
-    options = json.loads(args.storage_options) if args.storage_options else None
+    check_device(args.device, "--device")
+    try:
+        options = json.loads(args.storage_options) if args.storage_options else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not JSON ({exc}): e.g. '{{\"anon\": true}}'.") from None
     try:
         ri = open_interpretations(args.store, options, args.checkpoint, args.device)
         ri.method(args.method)
+        if args.top and not args.no_png:
+            ri.reference_source()  # the similar images drawn must be the store's: checked before any image
     except StoreError as exc:
         raise ValueError(str(exc)) from None
-    files, skipped = image_files(args.images)
+    files, skipped = image_files(args.images, exclude=folder)
     if not files:
         raise ValueError(f"no image files in {' '.join(args.images)} ({len(skipped)} other entries skipped).")
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,13 +90,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 if lines:
                     lines.update(lo + len(chunk))
     except KeyboardInterrupt:
-        print(f"repint explain: stopped after {len(rows)} of {len(files)} images; {folder} holds their PNGs but no "
+        print(f"repint explain: stopped after about {len(rows)} of {len(files)} images; {folder} holds PNGs but no "
               "explanations.json: run the command again into a new --out.", file=sys.stderr)
         return 130
     meta = {"store": redact_url(args.store), "method": args.method, "top": args.top,
             "n_interpretations": ri.n_interpretations, "inputs": list(args.images), **ri.settings(args.method)}
     path = write_explanations(folder, rows, skipped, meta)
-    covered = sum(bool(r["covered"]) for r in rows)
-    print(f"explained {len(rows)} images by {args.method} ({covered} covered by a polytope, {len(rows) - covered} by "
-          f"the fallback {meta['fallback']}), {len(skipped)} skipped, {time.perf_counter() - start:.1f} s: {path}")
+    covered = sum(r["reuse"] == "covered" for r in rows)
+    how = (f"{covered} covered by a polytope, {len(rows) - covered} by the fallback {meta['fallback']}"
+           if ri.method(args.method).uses_polytope else "each by its nearest centre's interpretation")
+    print(f"explained {len(rows)} images by {args.method} ({how}), {len(skipped)} skipped, "
+          f"{time.perf_counter() - start:.1f} s: {path}")
     return 0

@@ -13,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from repint.flows.progress import track
-from repint.storage import redact_url
+from repint.storage import is_secret_key, redact_url, split_url_credentials
 from repint.tasks.explain import collect_explanations, explain_chunk, image_files, open_interpretations
 from repint.tasks.links import report_link
 
@@ -41,11 +41,20 @@ def explain_flow(store: str, images: list[str], out: str, method: str = "RI", to
                  storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Explain the image files and folders ``images`` by ``method``'s interpretations in ``store``: PNGs and
     ``explanations.json`` / ``.csv`` in ``out`` (``new_folder``: a new ``out/explain-<time>`` per run).
-    The store, its checkpoint and the method are checked before the first chunk."""
+    The store, its checkpoint, the method and the reference images are checked before the first chunk.
+    Credentials never travel as parameters (Prefect keeps them in plain text): the store's filesystem takes
+    them from the environment (``AWS_ACCESS_KEY_ID``, ...); ``storage_options`` holds the rest
+    (``endpoint_url``, ...). ``new_folder=False`` writes into ``out`` itself, replacing what is there."""
+    secrets = sorted(k for k in (storage_options or {}) if is_secret_key(k))
+    if secrets or split_url_credentials(store, {})[1]:
+        raise ValueError(f"explain: credentials ({', '.join(secrets) or 'in the store URL'}) would be stored in plain "
+                         "text as flow parameters: give them to the workers' environment (AWS_ACCESS_KEY_ID, ...).")
     ri = open_interpretations(store, storage_options, checkpoint, device, batch_size)
     ri.method(method)  # a method the store has no interpretations of is an error now
-    files, skipped = image_files(images)
+    if top:
+        ri.reference_source()  # the similar images drawn must be the store's
     folder = results_folder(out, new_folder)
+    files, skipped = image_files(images, exclude=folder)
     folder.mkdir(parents=True, exist_ok=not new_folder)
     bounds = [(lo, min(lo + chunk_size, len(files))) for lo in range(0, len(files), chunk_size)]
     futures = [explain_chunk.submit(store, [str(f) for f in files[lo:hi]], str(folder), c, lo, method, top,
@@ -66,8 +75,8 @@ def _artifacts(folder: Path, path: Path) -> dict[str, Any]:
     create_link_artifact(key="repint-explanations", link=link.url, link_text=path.name,
                          description=f"{doc['n_explained']} explanations in {folder}. {link.note}")
     lines = [f"# Explanations by {doc['method']}", "",
-             f"{doc['n_explained']} images explained ({doc['n_covered']} covered by a polytope, the others by the "
-             f"fallback `{doc['fallback']}`), {doc['n_skipped']} skipped. Folder: `{folder}`", "",
+             f"{doc['n_explained']} images explained ({doc['n_covered']} covered by a polytope), "
+             f"{doc['n_skipped']} skipped. Folder: `{folder}`", "",
              "| image | class | p | interpretation | reuse | similar | PNG |", "|---|---|---|---|---|---|---|"]
     for row in doc["explanations"][:SHOWN]:
         png = folder / row["png"]

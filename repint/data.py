@@ -30,8 +30,7 @@ if TYPE_CHECKING:
     from repint.arrays import ArraySource
 
 __all__ = ["ArraySource", "DigitsSource", "ImageFolderSource", "ImageSource", "ImageTooLargeError", "decode_image",
-           "image_array", "max_image_pixels",
-           "source_from_spec"]
+           "image_array", "is_utf8", "max_image_pixels", "source_from_spec"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -217,7 +216,7 @@ class ImageFolderSource(ImageSource):
         found = sorted(p.name for p in entries if p.is_dir())
         if self.classes:
             self.class_names = list(self.classes)
-        elif unnamed := [_shown(n) for n in found if not _is_utf8(n)]:
+        elif unnamed := [_shown(n) for n in found if not is_utf8(n)]:
             raise ValueError(f"Image folder {root} has class folders whose names are not valid UTF-8: "
                              f"{', '.join(unnamed)}. A class folder's name is its class's name in the results: "
                              "rename them.")
@@ -231,7 +230,7 @@ class ImageFolderSource(ImageSource):
         known = set(self.class_names)
         foreign = [name for name in found if name not in known]
         for name in foreign:  # an unseen set's folder of a class the reference lacks: RI cannot explain it
-            reason = (_foreign_class(name, self.class_names) if _is_utf8(name)
+            reason = (_foreign_class(name, self.class_names) if is_utf8(name)
                       else "class folder name is not valid UTF-8: rename it")
             self.skipped += [{"id": _shown(str(p.relative_to(root))), "reason": reason}
                              for p in _images_in(root / name)]
@@ -252,7 +251,7 @@ class ImageFolderSource(ImageSource):
             raise ValueError(f"Image folder {root} contains no images with extensions {sorted(IMAGE_EXTENSIONS)}.")
         good, good_labels = [], []
         for p, y in zip(paths, labels, strict=True):
-            if not _is_utf8(p.name):  # its id could not be written to the store or to JSON
+            if not is_utf8(p.name):  # its id could not be written to the store or to JSON
                 self.skipped.append({"id": _shown(str(p.relative_to(root))),
                                      "reason": "file name is not valid UTF-8: rename it"})
                 continue
@@ -298,19 +297,15 @@ class ImageFolderSource(ImageSource):
                               self.channels)
 
 
-def _is_utf8(name: str) -> bool:
+def is_utf8(name: str) -> bool:
     """Whether a file name read from disk is valid UTF-8 (Python keeps other bytes as lone surrogates, which
     cannot be written to the store or to JSON)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return not any("\udc80" <= c <= "\udcff" for c in name)
 
 
 def _shown(name: str) -> str:
     """A file name that is not valid UTF-8 with its bad bytes written ``\\xff``, as a printable id."""
-    return name if _is_utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name if is_utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _images_in(folder: Path) -> list[Path]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from repint.assignment import assign, polytope_violations
+from repint.assignment import assign
 from repint.metrics import softmax
 
 __all__ = ["Assigned", "Explanation", "assign_images", "violated_boundaries"]
@@ -70,8 +70,9 @@ def assign_images(features: np.ndarray, logits: np.ndarray, signs: np.ndarray, c
                fallback=fallback)
     centre = a.ri_centre if uses_polytope else a.nearest
     rows = np.arange(len(cls))
-    viol = polytope_violations(signs, polytope_boundaries, polytope_orientation)
-    covered = (viol[rows, centre] == 0) & (np.asarray(centre_class)[centre] == cls)
+    # assign() already computed cover(e, v) = [viol(e, v) == 0] and [Class(e) = Class(v)]: read it instead of
+    # computing polytope_violations a second time (the same booleans)
+    covered = a.cover[rows, centre]
     return Assigned(predicted_class=cls, probability=softmax(np.asarray(logits))[rows, cls],
                     interpretation=centre.astype(np.int64), covered=covered, ri_covered=a.ri_covered,
                     violated_boundaries=violated_boundaries(signs, polytope_boundaries, polytope_orientation, centre))
@@ -92,6 +93,11 @@ class Explanation:
     logits: np.ndarray
     ids: list[str]
     _rank: Callable[[int, np.ndarray, int], tuple[np.ndarray, np.ndarray]] = field(repr=False)
+    uses_polytope: bool = True  # RI's methods; the others reuse the nearest centre's interpretation
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.assigned.interpretation):
+            raise ValueError(f"{len(self.ids)} ids for {len(self.assigned.interpretation)} images: one id per image.")
 
     @property
     def predicted_class(self) -> np.ndarray:
@@ -127,23 +133,32 @@ class Explanation:
 
     def similar_indices(self, k: int = 4) -> list[tuple[list[str], np.ndarray]]:
         """Per image, the ids and reference indices of :meth:`similar`."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}.")
         out = []
         for i in range(len(self)):
             ids, idx = self._rank(int(self.interpretation[i]), self.features[i], k)
             out.append(([str(x) for x in ids], idx))
         return out
 
-    def rows(self, k: int = 4, class_names: Sequence[str] = ()) -> list[dict]:
+    def reuse(self, i: int) -> str:
+        """How image ``i`` got its interpretation: ``covered`` (by its polytope), ``fallback`` (RI's
+        methods, no polytope of its class covers it) or ``nearest`` (the others: the nearest centre)."""
+        return "nearest" if not self.uses_polytope else "covered" if self.covered[i] else "fallback"
+
+    def rows(self, k: int = 4, class_names: Sequence[str] = (),
+             similar: list[tuple[list[str], np.ndarray]] | None = None) -> list[dict]:
         """One plain record per image (``explanations.json`` / CSV): id, predicted class and probability,
-        interpretation, covered or fallback, violated boundaries, similar reference ids."""
+        interpretation, how it was reused (:meth:`reuse`), violated boundaries, similar reference ids
+        (``similar``: :meth:`similar_indices` where already computed)."""
         out = []
-        for i, (ids, _) in enumerate(self.similar_indices(k)):
+        for i, (ids, _) in enumerate(similar if similar is not None else self.similar_indices(k)):
             c = int(self.predicted_class[i])
             out.append({"image": self.ids[i], "predicted_class": c,
                         "class_name": class_names[c] if c < len(class_names) else str(c),
                         "probability": float(self.probability[i]), "method": self.method,
                         "interpretation": int(self.interpretation[i]), "covered": bool(self.covered[i]),
-                        "reuse": "covered" if self.covered[i] else "fallback",
+                        "reuse": self.reuse(i),
                         "violated_boundaries": [int(h) for h in self.violated_boundaries[i]],
                         "similar": ids})
         return out

@@ -10,6 +10,7 @@ method's heat maps (:class:`repint.explain.Explanation`). Nothing is written to 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ import torch
 
 from repint.contents import file_sha256
 from repint.data import decode_image, image_array, source_from_spec
-from repint.explain import Explanation, assign_images
+from repint.explain import Assigned, Explanation, assign_images
 from repint.methods import Method, get_method
 from repint.model import PSI_MODULE, SplitModel
 from repint.nets import build_split, resolve_device
 from repint.signs import sign_matrix
 from repint.storage.errors import StoreError
 from repint.storage.layout import BOUNDARIES, CENTRES, EVALUATE, INGEST, INTERPRET, POLYTOPES
+from repint.storage.lock import StoreLock
 from repint.storage.store import FeatureStore
 from repint.variants import Variant
 
@@ -39,7 +41,7 @@ RANK_BLOCK = 1024  # covered reference images projected at a time (Eq. 6)
 class Interpretations:
     """The interpretations of one store, applied to new images (scikit-learn-like: arrays in and out).
 
-    >>> ri = Interpretations.load("runs/demo/run-0/store.zarr")            # doctest: +SKIP
+    >>> ri = Interpretations.load("runs/demo/store-run0.zarr")          # doctest: +SKIP
     >>> result = ri.explain(images)     # [n, C, H, W] in [0, 1], PIL images or paths  # doctest: +SKIP
     >>> result.interpretation, result.covered, result.heatmaps, result.similar(k=4)    # doctest: +SKIP
     """
@@ -69,15 +71,17 @@ class Interpretations:
         the checkpoint where it moved (its SHA-256 must still be the one the store records). An
         incomplete store, or a checkpoint whose contents changed, is a :class:`StoreError` naming what
         to do."""
-        fs = FeatureStore(str(store), storage_options, mode="r")
+        fs = _open(str(store), storage_options)
         for stage in REQUIRED:
             fs.require_complete(stage)
+        _require_current(fs, REQUIRED)
+        StoreLock(str(store), storage_options).check()  # a run writing it now: its stages may change under us
         if "model" not in fs.attrs:
             raise StoreError(f"Store {fs.url} records no model; it was not written by `repint run`.")
         model = dict(fs.attrs["model"])
         if checkpoint is not None:
             model["checkpoint"] = str(checkpoint)
-        _check_checkpoint(fs.url, model)
+        _check_checkpoint(fs.url, model, given=checkpoint is not None)
         split, _ = build_split(model)
         out = cls(fs, split, resolve_device(device), batch_size)
         out.model_spec = model
@@ -106,9 +110,24 @@ class Interpretations:
             return []
 
     def reference_source(self) -> Any:
-        """The reference images' source the store records (for drawing similar images)."""
+        """The reference images' source the store records (for drawing similar images), checked to hold
+        the images the store was computed from (same ids, same fingerprint): a :class:`StoreError`
+        where they moved or changed."""
         if self._reference is None:
-            self._reference = source_from_spec(dict(self.store.attrs["data_reference"]))
+            attrs, why = self.store.attrs, ""
+            try:
+                src = source_from_spec(dict(attrs["data_reference"]))
+            except (OSError, ValueError) as exc:
+                why = str(exc)
+            else:
+                if list(src.ids) != [str(i) for i in self.reference_ids]:
+                    why = f"its images are not those of the store ({len(src.ids)} now, {len(self.reference_ids)} then)"
+                elif attrs.get("data_fingerprint_reference") not in (None, src.fingerprint()):
+                    why = "its images changed since the store was written"
+            if why:
+                raise StoreError(f"Store {self.store.url}: the reference images cannot be drawn: {why}. Explain "
+                                 "without them (`--top 0` or `--no-png`; similar() needs no images) or restore them.")
+            self._reference = src
         return self._reference
 
     def _evaluation_attrs(self, key: str) -> dict[str, Any]:
@@ -125,6 +144,10 @@ class Interpretations:
 
         v = Variant.parse(method)
         attrs = self._evaluation_attrs(v.key)
+        if "fallback" not in attrs:
+            logging.getLogger("repint").warning(
+                f"store {self.store.url} records no reuse settings of {method} (evaluated before they were recorded, "
+                "or not yet): using the defaults (fallback nearest, 20% kept); run `repint run` again to record them")
         ev, interp = EvaluationConfig(), InterpretationConfig()
         return {"fallback": attrs.get("fallback", v.evaluation(ev).fallback),
                 "keep_fraction": float(attrs.get("keep_fraction", ev.keep_fraction)),
@@ -139,6 +162,7 @@ class Interpretations:
             if not (info and info.get("complete")):
                 raise StoreError(f"Store {self.store.url} holds no complete interpretations of {name!r} (stage "
                                  f"{stage!r}); methods with interpretations here: {', '.join(self.methods) or 'none'}.")
+            _require_current(self.store, [stage])
             self._methods[name] = get_method(name).bind(self.split.composed, PSI_MODULE)
         return self._methods[name]
 
@@ -154,6 +178,10 @@ class Interpretations:
         """``images`` as the model's input ``[n, C, H, W]`` float32 in ``[0, 1]`` and their ids: an
         array as it is (checked), PIL images and paths decoded as an ImageFolder's images are."""
         size, channels = int(self.model_spec["image_size"]), len(self.model_spec["mean"])
+        if isinstance(images, str | Path) or hasattr(images, "mode"):  # one path, one PIL image
+            images = [images]
+        elif isinstance(images, list | tuple) and images and all(isinstance(i, np.ndarray) for i in images):
+            images = np.stack(images)
         if isinstance(images, np.ndarray | torch.Tensor):
             x = np.asarray(images, dtype=np.float32)
             x = x[None] if x.ndim == 3 else x
@@ -162,15 +190,20 @@ class Interpretations:
                                  f" [n, {channels}, {size}, {size}] images in [0, 1] (or PIL images, paths).")
             if not np.isfinite(x).all():
                 raise ValueError("images hold NaN or infinite values; pass pixel values in [0, 1].")
+            if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+                raise ValueError(f"images hold values in [{x.min():.3g}, {x.max():.3g}]; the model takes pixel values "
+                                 "in [0, 1] (divide 8-bit images by 255; the normalisation is the model's own).")
             return x, [str(i) for i in range(len(x))]
         arrays, ids = [], []
         for i, item in enumerate(images):
             if isinstance(item, str | Path):
                 arrays.append(decode_image(Path(item), size, channels))
                 ids.append(str(item))
-            else:
+            elif hasattr(item, "mode") and hasattr(item, "convert"):
                 arrays.append(image_array(item, size, channels))
                 ids.append(str(i))
+            else:
+                raise ValueError(f"image {i} is a {type(item).__name__}; pass arrays [n, C, H, W], PIL images, paths.")
         if not arrays:
             return np.zeros((0, channels, size, size), np.float32), []
         return np.stack(arrays).astype(np.float32), ids
@@ -204,6 +237,11 @@ class Interpretations:
                          m: Method | None = None, s: dict[str, Any] | None = None) -> Explanation:
         """:meth:`explain` from images whose ψ and logits are known (the store's own unseen images)."""
         m, s = m or self.method(method), s or self.settings(method)
+        if not len(x):  # nothing to explain: the empty result, with its shapes
+            assigned = Assigned(*(np.zeros(0, t) for t in (np.int64, np.float64, np.int64, bool, bool)), [])
+            return Explanation(method, assigned, np.zeros((0, *x.shape[-2:]), np.float32),
+                               np.zeros((0, *x.shape[-2:]), bool), feats, logits, [], lambda v, psi, k: ([], []),
+                               m.uses_polytope)
         signs = sign_matrix(feats, self.W, self.b)
         assigned = assign_images(feats, logits, signs, self.centres, self.centre_class, self.polytope_boundaries,
                                  self.polytope_orientation, s["fallback"], m.uses_polytope)
@@ -214,7 +252,8 @@ class Interpretations:
             mv, kv = m.reused_maps(self.interpretation(method, int(v)), x[sel], feats[sel], (s["keep_fraction"],))
             maps[sel], kept[sel] = mv, kv[0]
         return Explanation(method=method, assigned=assigned, heatmaps=maps, kept=kept, features=feats,
-                           logits=logits, ids=ids, _rank=lambda v, psi, k: self._similar(v, psi, k, s["unit_normals"]))
+                           logits=logits, ids=ids, _rank=lambda v, psi, k: self._similar(v, psi, k, s["unit_normals"]),
+                           uses_polytope=m.uses_polytope)
 
     def _projections(self, centre: int, unit: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The reference images ``P_centre`` covers, its (unit) normals ``[P, D]`` and their projections
@@ -247,15 +286,40 @@ class Interpretations:
         return self.reference_ids[idx], idx
 
 
-def _check_checkpoint(url: str, model: dict[str, Any]) -> None:
+def _open(url: str, storage_options: dict[str, Any] | None) -> FeatureStore:
+    """The store read-only; where there is none, the stores of a study's runs beside it are named."""
+    try:
+        return FeatureStore(url, storage_options, mode="r")
+    except StoreError as exc:
+        here = Path(url).expanduser()
+        runs = sorted(here.parent.glob("store-run*.zarr")) if "://" not in url and here.parent.is_dir() else []
+        if not runs:
+            raise
+        raise StoreError(f"{exc} A study of several runs keeps one store per run: "
+                         f"{', '.join(str(r) for r in runs[:5])}.") from None
+
+
+def _require_current(store: FeatureStore, names: Iterable[str]) -> None:
+    """Each stage must be computed from its inputs as they are now: a rerun that stopped after it
+    recomputed an input (new polytopes, say) and before this stage leaves it complete but stale."""
+    stages = store.attrs.get("stages", {})
+    for name in names:
+        for read, fp in (stages.get(name) or {}).get("reads", {}).items():
+            if (stages.get(read) or {}).get("fingerprint") != fp:
+                raise StoreError(f"Store {store.url}: the stage {name!r} was computed from an earlier {read!r} (a run "
+                                 "that stopped midway recomputed it): run `repint run` again to finish the store.")
+
+
+def _check_checkpoint(url: str, model: dict[str, Any], given: bool = False) -> None:
     """The checkpoint the store was computed with must still be there, with the same contents."""
     path, want = model.get("checkpoint"), model.get("checkpoint_sha256")
     if not path:
         return
     p = Path(path).expanduser()
     if not p.is_file():
-        raise StoreError(f"Store {url} was computed with the checkpoint {path}, which is not there: pass its new "
-                         "location (`checkpoint=` / `--checkpoint`).")
+        raise StoreError(f"Store {url}: its checkpoint {path} is not there"
+                         + (" (given as `checkpoint=` / `--checkpoint`)." if given else ": pass its new location "
+                            "(`checkpoint=` / `--checkpoint`)."))
     now = file_sha256(p) if want else None
     if want and now != want:
         raise StoreError(f"Store {url} was computed with a checkpoint whose SHA-256 starts {want}, but {path} is now "

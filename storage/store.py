@@ -177,9 +177,12 @@ class FeatureStore:
         self._update_root(what, lambda attrs: {"stages": {**attrs.get("stages", {}),
                                                           stage: change(attrs.get("stages", {}).get(stage))}})
 
-    def begin_stage(self, stage: str, fingerprint: str, n_units: int, arrays: Iterable[str] = ()) -> None:
+    def begin_stage(self, stage: str, fingerprint: str, n_units: int, arrays: Iterable[str] = (),
+                    reads: Mapping[str, str] | None = None) -> None:
         """Start (or resume) a stage. A different fingerprint resets the stage: its arrays and its
-        completion records are deleted, so nothing from other inputs is trusted."""
+        completion records are deleted, so nothing from other inputs is trusted. ``reads``: the
+        fingerprints of the stages it is computed from, recorded so that readers can tell a stage that
+        a stopped rerun left behind its inputs."""
         info = self.root.attrs.get("stages", {}).get(stage)
         done_path = f"_done/{stage}"
         epoch = (info or {}).get("epoch")
@@ -199,7 +202,8 @@ class FeatureStore:
 
             self._retry(f"resetting stage {stage}", reset)
             epoch = uuid.uuid4().hex[:12]  # a reset stage invalidates every cached unit result
-        record = {"fingerprint": fingerprint, "complete": False, "epoch": epoch}
+        record = {"fingerprint": fingerprint, "complete": False, "epoch": epoch,
+                  **({"reads": dict(reads)} if reads else {})}
         self._set_stage(f"starting stage {stage}", stage, lambda cur: record)
 
     def drop_stage(self, stage: str, paths: Iterable[str]) -> bool:
@@ -229,7 +233,9 @@ class FeatureStore:
         loses its :attr:`Stage.reset_paths`."""
         if self.stage_complete(stage.name, fingerprint):
             return []
-        self.begin_stage(stage.name, fingerprint, stage.n_units(sizes), arrays=stage.reset_paths)
+        stages = self.root.attrs.get("stages", {})
+        reads = {name: stages[name]["fingerprint"] for name in stage.reads if name in stages}
+        self.begin_stage(stage.name, fingerprint, stage.n_units(sizes), arrays=stage.reset_paths, reads=reads)
         for path, spec in stage.arrays:
             if spec.per_unit:
                 shape = stage.resolve(spec.shape, sizes)

@@ -9,6 +9,7 @@ import csv
 import functools
 import json
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from repint.data import IMAGE_EXTENSIONS, ImageTooLargeError
+from repint.data import IMAGE_EXTENSIONS, ImageTooLargeError, is_utf8
 from repint.heatmaps import display_image
 from repint.metrics import mask_images
 from repint.storage.interpretations import Interpretations
@@ -31,16 +32,25 @@ CSV_FIELDS = ("image", "predicted_class", "class_name", "probability", "method",
               "violated_boundaries", "similar", "png")
 
 
-def image_files(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
-    """The image files of ``inputs`` (files, and folders searched recursively, sorted) and the counted
-    skips: inputs that do not exist, files in folders without an image extension."""
+def image_files(inputs: Iterable[str | Path], exclude: Path | None = None) -> tuple[list[Path], list[dict[str, str]]]:
+    """The image files of ``inputs`` (files, and folders searched recursively, sorted; hidden entries and
+    the folder ``exclude``, the output, left out) and the counted skips: inputs that are empty or do not
+    exist, files in folders without an image extension, names that are not valid UTF-8 (as ingest)."""
     files: list[Path] = []
     skipped: list[dict[str, str]] = []
+    out = exclude.expanduser().resolve() if exclude is not None else None
     for item in inputs:
+        if not str(item).strip():
+            skipped.append({"id": repr(str(item)), "reason": "an empty path (name a file or folder)"})
+            continue
         p = Path(item).expanduser()
         if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
+            found = (q for q in p.rglob("*") if q.is_file() and not any(part.startswith(".") for part in
+                                                                           q.relative_to(p).parts))
+            for f in sorted(q for q in found if out is None or out not in q.resolve().parents):
+                if not is_utf8(str(f)):
+                    skipped.append({"id": ascii(str(f)), "reason": "the file name is not valid UTF-8: rename it"})
+                elif f.suffix.lower() in IMAGE_EXTENSIONS:
                     files.append(f)
                 else:
                     skipped.append({"id": str(f), "reason": f"not an image file (extension {f.suffix or 'none'})"})
@@ -112,7 +122,8 @@ def _draw(path: Path, title: str, image: np.ndarray, heatmap: np.ndarray, kept: 
              *((f"similar {sid[-16:]}", _tile(img, m)) for sid, img, m in similar)]
     gap, top, caption = 4, 18, 14
     th, tw = max(t.shape[0] for _, t in shown), max(t.shape[1] for _, t in shown)
-    canvas = Image.new("RGB", (len(shown) * (tw + gap) + gap, top + caption + th + gap), "white")
+    width = max(len(shown) * (tw + gap) + gap, 6 * len(title) + 2 * gap)  # the title fits with --top 0
+    canvas = Image.new("RGB", (width, top + caption + th + gap), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((gap, 3), title, fill="black")
     for j, (text, tile) in enumerate(shown):
@@ -130,9 +141,8 @@ def explain_files(ri: Interpretations, files: Sequence[Path], out: Path, method:
     if not len(x):
         return [], skipped
     result = ri.explain(x, method=method, ids=ids)
-    names = ri.class_names
-    rows = result.rows(top, names)
     similar = result.similar_indices(top)
+    rows = result.rows(top, ri.class_names, similar)
     m = ri.method(method)
     feats = INGEST.of("reference")["features"]
     ref = ri.reference_source() if draw and top else None
@@ -148,7 +158,7 @@ def explain_files(ri: Interpretations, files: Sequence[Path], out: Path, method:
             shown = list(zip(sids, images, maps, strict=True))
         title = (f"{Path(row['image']).name}: class {row['class_name']} ({row['probability']:.3f}), "
                  f"interpretation {row['interpretation']} ({row['reuse']}"
-                 + (f", {len(row['violated_boundaries'])} boundaries violated)" if not row["covered"] else ")"))
+                 + (f", {len(row['violated_boundaries'])} boundaries violated)" if row["reuse"] == "fallback" else ")"))
         _draw(out / row["png"], title, x[i], result.heatmaps[i], result.kept[i], shown)
     return rows, skipped
 
@@ -165,7 +175,7 @@ def write_explanations(out: Path, rows: list[dict[str, Any]], skipped: list[dict
             w.writerow({**row, "violated_boundaries": " ".join(map(str, row["violated_boundaries"])),
                         "similar": " ".join(row["similar"]), "probability": f"{row['probability']:.6f}"})
     doc = {**meta, "n_explained": len(rows), "n_skipped": len(skipped),
-           "n_covered": sum(bool(r["covered"]) for r in rows), "explanations": rows, "skipped": skipped}
+           "n_covered": sum(r["reuse"] == "covered" for r in rows), "explanations": rows, "skipped": skipped}
     tmp = out / f".{EXPLANATIONS}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     tmp.replace(out / f"{EXPLANATIONS}.json")
@@ -197,7 +207,5 @@ def collect_explanations(out: str, n_chunks: int, skipped: list[dict[str, str]],
         rows += part["rows"]
         skips += part["skipped"]
     path = write_explanations(folder, rows, skips, meta)
-    for c in range(n_chunks):
-        (folder / PARTS / f"chunk-{c:05d}.json").unlink()
-    (folder / PARTS).rmdir()
+    shutil.rmtree(folder / PARTS, ignore_errors=True)  # none where there was no image
     return str(path)

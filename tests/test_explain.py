@@ -238,3 +238,55 @@ def test_the_explain_flow_writes_a_new_results_folder_with_artifacts(run, tmp_pa
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
     assert {"repint-explanations", "repint-explanations-table"} <= keys
+
+
+def test_stale_stores_moved_references_and_odd_inputs_are_caught(run, tmp_path):
+    from repint import Interpretations
+    from repint.flows.explain import explain_flow
+    from repint.storage import FeatureStore, StoreError
+    from repint.tasks.explain import image_files
+
+    # a rerun that stopped after new polytopes and before the interpretations: interpret-RI is stale
+    copy = tmp_path / "stale.zarr"
+    shutil.copytree(run["store"], copy)
+    fs = FeatureStore(str(copy))
+    stages = fs.attrs["stages"]
+    assert stages["interpret-RI"]["reads"] == {"polytopes": stages["polytopes"]["fingerprint"]}
+    stages["polytopes"]["fingerprint"] = "0" * 16
+    fs.set_attrs(stages=stages)
+    with pytest.raises(StoreError, match="'interpret-RI' was computed from an earlier 'polytopes'"):
+        Interpretations.load(str(copy)).explain(np.zeros((1, 3, 32, 32), np.float32))
+    # the reference images are no longer those of the store: similar images cannot be drawn
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(run["store"], moved)
+    fs = FeatureStore(str(moved))
+    other = tmp_path / "other-reference"
+    shutil.copytree(run["root"] / "reference", other)
+    (other / "0" / "d9999.png").write_bytes((run["root"] / "unseen" / "0").glob("*.png").__next__().read_bytes())
+    fs.set_attrs(data_reference={**fs.attrs["data_reference"], "root": str(other)})
+    ri = Interpretations.load(str(moved))
+    assert len(ri.explain(np.zeros((1, 3, 32, 32), np.float32)).similar(2)[0]) <= 2  # ranking needs no image
+    with pytest.raises(StoreError, match="reference images cannot be drawn: its images are not those of the store"):
+        ri.reference_source()
+    # inputs: 0..255 values, one path, a list of arrays, baselines' reuse
+    ri = Interpretations.load(run["store"])
+    one = sorted((run["root"] / "unseen").rglob("*.png"))[0]
+    x, _ = ri.images([one])
+    with pytest.raises(ValueError, match="divide 8-bit images by 255"):
+        ri.explain(x * 255)
+    assert ri.explain(one).interpretation.tolist() == ri.explain([x[0]]).interpretation.tolist()
+    assert ri.explain(one, method="Grad-CAM").reuse(0) == "nearest" and ri.explain([]).heatmaps.shape[0] == 0
+    # the output folder inside an input folder, hidden entries, empty paths are left out or skipped
+    (tmp_path / "in" / ".hidden").mkdir(parents=True)
+    (tmp_path / "in" / "out").mkdir()
+    for name in ("a.png", ".hidden/b.png", "out/c.png"):
+        (tmp_path / "in" / name).write_bytes(one.read_bytes())
+    files, skipped = image_files([tmp_path / "in", ""], exclude=tmp_path / "in" / "out")
+    assert files == [tmp_path / "in" / "a.png"] and skipped[0]["reason"].startswith("an empty path")
+    # the flow: no credentials as parameters; an input without images is an empty result, not a failure
+    with pytest.raises(ValueError, match="plain text as flow parameters"):
+        explain_flow(run["store"], [str(tmp_path / "in")], str(tmp_path / "r"), storage_options={"secret": "s"})
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "readme.txt").write_text("no image")
+    empty = explain_flow(run["store"], [str(tmp_path / "none")], str(tmp_path / "r"))
+    assert empty["n_explained"] == 0 and not (Path(empty["folder"]) / ".parts").exists()
