@@ -10,6 +10,8 @@ method's heat maps (:class:`repint.explain.Explanation`). Nothing is written to 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,6 +40,26 @@ REQUIRED = (INGEST.of("reference").name, CENTRES.of().name, BOUNDARIES.of().name
 RANK_BLOCK = 1024  # covered reference images projected at a time (Eq. 6)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController  # scikit-learn's dependency
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """numpy's BLAS on one thread inside the block (threadpoolctl; nothing without it). Performance
+    only: a chunk's sign bits and distances to the centres are small products (about 1 ms each), but a
+    multi-threaded OpenBLAS call leaves its worker threads spinning afterwards, and torch's threads,
+    which draw the heat maps right after, then share the cores with them: ``explain`` ran 0.29-0.34x plain
+    inference with it, 0.45-0.64x without it (``repint bench --only explain``, 2 cores). The products
+    are the same bits on one thread (OpenBLAS splits a product by rows and columns, not along the sum)."""
+    ctl = _blas_controller()
+    return contextlib.nullcontext() if ctl is None else ctl.limit(limits=1, user_api="blas")
+
+
 class Interpretations:
     """The interpretations of one store, applied to new images (scikit-learn-like: arrays in and out).
 
@@ -62,6 +84,7 @@ class Interpretations:
         self._ranks: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._methods: dict[str, Method] = {}
         self._reference = None
+        self._warned: set[str] = set()
 
     # loading ----------------------------------------------------------------------------------
     @classmethod
@@ -144,7 +167,8 @@ class Interpretations:
 
         v = Variant.parse(method)
         attrs = self._evaluation_attrs(v.key)
-        if "fallback" not in attrs:
+        if "fallback" not in attrs and v.key not in self._warned:
+            self._warned.add(v.key)  # once per store and method, not once per chunk
             logging.getLogger("repint").warning(
                 f"store {self.store.url} records no reuse settings of {method} (evaluated before they were recorded, "
                 "or not yet): using the defaults (fallback nearest, 20% kept); run `repint run` again to record them")
@@ -242,9 +266,10 @@ class Interpretations:
             return Explanation(method, assigned, np.zeros((0, *x.shape[-2:]), np.float32),
                                np.zeros((0, *x.shape[-2:]), bool), feats, logits, [], lambda v, psi, k: ([], []),
                                m.uses_polytope)
-        signs = sign_matrix(feats, self.W, self.b)
-        assigned = assign_images(feats, logits, signs, self.centres, self.centre_class, self.polytope_boundaries,
-                                 self.polytope_orientation, s["fallback"], m.uses_polytope)
+        with one_blas_thread():  # performance: see one_blas_thread (the same bits)
+            signs = sign_matrix(feats, self.W, self.b)
+            assigned = assign_images(feats, logits, signs, self.centres, self.centre_class, self.polytope_boundaries,
+                                     self.polytope_orientation, s["fallback"], m.uses_polytope)
         maps = np.zeros((len(x), *x.shape[-2:]), np.float32)
         kept = np.zeros((len(x), *x.shape[-2:]), bool)
         for v in np.unique(assigned.interpretation):

@@ -8,8 +8,8 @@ with it, and their ratio. ``main`` prints a markdown table and writes JSON and m
 ``benchmarks/README.md``.
 
 Modules: ``common`` (the result record, alternating timing, medians), one per group of measurements
-(``ingest``, ``signs``, ``solver``, ``evaluation``, ``demo``), ``targets`` (the plan, its targets and
-the table) and ``main`` (the options and the run).
+(``ingest``, ``signs``, ``solver``, ``evaluation``, ``fidelity``, ``explain``, ``demo``), ``targets`` (the
+plan, its targets and the table) and ``main`` (the options and the run).
 """
 
 from repint.app.bench.common import (
@@ -31,6 +31,15 @@ from repint.app.bench.evaluation import (
     eval_setup,
     interpretation_input,
     segment_cache_reset,
+)
+from repint.app.bench.explain import (
+    EXPLAIN_MIN_RATIO,
+    bench_explain,
+    bench_explain_memory,
+    bench_store,
+    explain_child,
+    explain_store,
+    measure_explain,
 )
 from repint.app.bench.fidelity import bench_metric, forwards_per_image
 from repint.app.bench.ingest import (
@@ -61,7 +70,9 @@ from repint.app.bench.targets import (
 )
 
 __all__ = [
-    "CHILD_ENV", "DEFAULT_GROUPS", "DEFAULT_OUT", "EVAL_MIN_RATIO", "GROUPS", "METRIC_MIN_RATIO", "bench_metric",
+    "CHILD_ENV", "DEFAULT_GROUPS", "DEFAULT_OUT", "EVAL_MIN_RATIO", "EXPLAIN_MIN_RATIO", "bench_explain",
+    "bench_explain_memory", "bench_store", "explain_child", "explain_store", "measure_explain", "GROUPS",
+    "METRIC_MIN_RATIO", "bench_metric",
     "forwards_per_image", "PSI_SHAPE", "SCORECAM_MIN_RATIO",
     "SLOW_METHODS", "PeakRSS", "Result", "add_arguments", "alternating", "bench_demo", "bench_evaluation",
     "bench_ingest_memory", "bench_ingest_throughput", "bench_scorecam_batching", "bench_signs", "bench_signs_dask",

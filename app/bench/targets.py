@@ -12,6 +12,7 @@ import numpy as np
 from repint.app.bench.common import Result
 from repint.app.bench.demo import bench_demo
 from repint.app.bench.evaluation import bench_evaluation, bench_scorecam_batching
+from repint.app.bench.explain import EXPLAIN_MIN_RATIO, bench_explain, bench_explain_memory
 from repint.app.bench.fidelity import bench_metric
 from repint.app.bench.ingest import bench_ingest_memory, bench_ingest_throughput
 from repint.app.bench.signs import bench_signs, bench_signs_dask
@@ -31,7 +32,7 @@ SCORECAM_MIN_RATIO = 5.0
 # (one sparse solve per batch) is measured against the same target
 METRIC_MIN_RATIO: dict[str, float | None] = {"ad-ai": 0.7, "deletion-insertion": 0.7, "road": 0.7,
                                              "representativeness": None}
-GROUPS = ("ingest", "signs", "dask", "solver", "evaluation", "metrics", "score-cam", "memory", "demo")
+GROUPS = ("ingest", "signs", "dask", "solver", "evaluation", "metrics", "score-cam", "memory", "explain", "demo")
 DEFAULT_GROUPS = GROUPS[:-1]  # the demo (minutes, training included) only when asked for
 PSI_SHAPE = (64, 8, 8)  # vgg-small's ψ on 32x32 images (the demo's)
 
@@ -65,6 +66,10 @@ def plan(quick: bool, only: set[str] | None = None) -> list[tuple[str, Callable[
                                                                    eval_repeats)))
     steps.append(("score-cam", lambda: bench_scorecam_batching(min_ratio=SCORECAM_MIN_RATIO, repeats=repeats)))
     steps.append(("memory", lambda: bench_ingest_memory(1_000 if quick else 2_000, factor=10)))
+    # explaining new images (`repint explain`, the API's `explain`): 1,000 images against plain inference, and
+    # its memory at 4,000 against 1,000 (fresh processes), on a store the pipeline's tasks build from the digits
+    steps.append(("explain", lambda: bench_explain(1_000, repeats, EXPLAIN_MIN_RATIO)))
+    steps.append(("explain", lambda: bench_explain_memory(1_000, factor=4)))
     steps.append(("demo", bench_demo))
     return [(g, fn) for g, fn in steps if g in only]
 
