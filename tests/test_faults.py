@@ -82,7 +82,7 @@ def _finish(run_env: dict, proc: subprocess.Popen, name: str, timeout: float = 9
 def _done(store: Path, stage: str) -> set[int]:
     folder = store / "_done" / stage / "c"
     try:
-        return {int(p) for p in os.listdir(folder)}
+        return {int(p) for p in os.listdir(folder) if p.isdigit()}  # not zarr's `<chunk>.<uuid>.partial` of a write
     except FileNotFoundError:
         return set()
 
