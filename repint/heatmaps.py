@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["boundary_channel_weights", "cam_maps", "normalise_maps", "oriented_boundaries", "spatial_maps"]
+__all__ = ["boundary_channel_weights", "cam_maps", "normalise_maps", "oriented_boundaries", "overlay_map",
+           "spatial_maps"]
 
 
 def oriented_boundaries(W: np.ndarray, b: np.ndarray, psi_x: np.ndarray, orient: bool = True) -> np.ndarray:
@@ -56,7 +57,8 @@ def cam_maps(alpha: np.ndarray, features: np.ndarray, size: tuple[int, int]) -> 
 def spatial_maps(W: np.ndarray, features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     r"""Heat maps ``[n, H, W]`` of oriented boundaries ``W`` ``[P, K, h, w]`` without the spatial mean:
     :math:`\mathrm{ReLU}(\sum_k W^k_{ij} ψ^k_{ij}(x'))`, the exact share of position ``(i, j)`` in the
-    boundary's value :math:`\langle W, ψ(x')angle`, upsampled, normalised, averaged over ``P``."""
+    boundary's value :math:`\langle W, ψ(x')
+angle`, upsampled, normalised, averaged over ``P``."""
     w = torch.as_tensor(np.asarray(W), dtype=torch.float32)
     f = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     raw = torch.relu(torch.einsum("pkhw,nkhw->nphw", w, f))
@@ -68,3 +70,11 @@ def display_image(image: np.ndarray) -> np.ndarray:
     """A pixel-space image ``[C, H, W]`` as ``[H, W, 3]`` in ``[0, 1]`` for drawing (grey images repeated)."""
     hwc = np.clip(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), 0, 1)
     return np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else hwc
+
+
+def overlay_map(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """A heat map in ``[0, 1]`` blended over an ``[H, W, 3]`` image in ``[0, 1]`` as every figure draws
+    it (jet at 50%)."""
+    from matplotlib import colormaps
+
+    return 0.5 * rgb + 0.5 * colormaps["jet"](np.clip(heat, 0, 1))[..., :3]

@@ -18,7 +18,7 @@ import numpy as np
 from prefect import task
 
 from repint.data import IMAGE_EXTENSIONS, ImageTooLargeError, is_utf8
-from repint.heatmaps import display_image
+from repint.heatmaps import display_image, overlay_map
 from repint.metrics import mask_images
 from repint.storage.interpretations import Interpretations
 from repint.storage.layout import INGEST
@@ -97,12 +97,9 @@ TILE = 112  # pixels of each panel's side in an explanation's PNG (small images 
 
 def _tile(image: np.ndarray, overlay: np.ndarray | None = None) -> np.ndarray:
     """A ``[C, H, W]`` image (and a heat map blended over it, jet at 50%) as a ``TILE``-wide uint8 panel."""
-    from matplotlib import colormaps
-
-    rgb = display_image(image)
-    if overlay is not None:
-        rgb = 0.5 * rgb + 0.5 * colormaps["jet"](np.clip(overlay, 0, 1))[..., :3]
     from PIL import Image
+
+    rgb = display_image(image) if overlay is None else overlay_map(display_image(image), overlay)
 
     panel = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
     h, w = rgb.shape[:2]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from repint.heatmaps import display_image
+from repint.heatmaps import display_image, overlay_map
 from repint.methods import get_method
 from repint.metrics import mask_images
 from repint.storage import FeatureStore
@@ -188,13 +188,6 @@ def thumbnail(rgb: np.ndarray, px: int, outline: np.ndarray | None = None) -> di
     return {"uri": png_data_uri(buf.getvalue()), "width": shown[0], "height": shown[1]}
 
 
-def _overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """A heat map in ``[0, 1]`` over the image as the galleries draw it (jet, alpha 0.5)."""
-    from matplotlib import colormaps
-
-    return 0.5 * rgb + 0.5 * colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-
-
 def _similar(spec: RunSpec, store: FeatureStore, data: IndexData, centres: list[int],
              interps: dict[int, dict[str, np.ndarray]]) -> dict[int, list[dict[str, Any]]]:
     """Per centre: its input (first) and its covered reference images most similar by Eq. 6, each with
@@ -216,7 +209,7 @@ def _similar(spec: RunSpec, store: FeatureStore, data: IndexData, centres: list[
             entries.append({"index": int(i), "id": str(data.reference_ids[int(i)]), "rank": j,
                             "class": data.class_name(int(preds[a])),
                             "image": thumbnail(rgb, INPUT_PX if j == 0 else THUMB_PX),
-                            "map": thumbnail(_overlay(rgb, maps[j]), INPUT_PX if j == 0 else THUMB_PX)
+                            "map": thumbnail(overlay_map(rgb, maps[j]), INPUT_PX if j == 0 else THUMB_PX)
                             if maps is not None else None,
                             "thumb": thumbnail(rgb, INDEX_THUMB_PX) if j == 0 else None})
         out[v] = entries
@@ -254,7 +247,7 @@ def _reuse(spec: RunSpec, store: FeatureStore, data: IndexData, centres: list[in
                            "class": names[pred] if 0 <= pred < len(names) else str(pred),
                            "covered": bool(ri["covered"][i]), "y": float(ri["y"][i]),
                            "y_masked": float(ri["y_masked"][i]), "image": thumbnail(rgb, THUMB_PX),
-                           "map": thumbnail(_overlay(rgb, maps[j]), THUMB_PX, outline=keep[j]),
+                           "map": thumbnail(overlay_map(rgb, maps[j]), THUMB_PX, outline=keep[j]),
                            "masked": thumbnail(display_image(masked[j]), THUMB_PX)})
     return out
 
