@@ -1,33 +1,180 @@
-"""Interpretations ``V``: k-means centres on flattened ψ of the reference set (scikit-learn)."""
+r"""Interpretations ``V``: k-means centres on flattened ψ of the reference set.
+
+Three fits of the same objective, :math:`\min_{c} \sum_i \min_v \lVert ψ(x_i) - c_v \rVert^2`
+(:data:`KMEANS`):
+
+- ``exact``: scikit-learn's ``KMeans`` (Lloyd, k-means++ init, one init) on the whole array in memory:
+  the paper's and every published number's; used for stores up to :data:`EXACT_MAX_BYTES`.
+- ``minibatch``: scikit-learn's ``MiniBatchKMeans.partial_fit`` over chunks read from the store
+  (Sculley 2010): k-means++ on a spread sample of ``INIT_FACTOR x k`` rows, then :data:`EPOCHS`
+  passes over the chunks in a seeded random order; memory is one chunk plus the centres.
+- ``dask``: dask-ml's ``KMeans`` (k-means|| init, Lloyd) over a Dask array of the store's chunks on a
+  Dask cluster, the data never in one process.
+
+After every fit one more pass over the chunks gives each image's cluster (``labels``) and, in the
+same pass, each centre's nearest reference image (``input_index``: the input of that
+interpretation), :math:`\arg\min_i \lVert ψ(x_i) - c_v \rVert^2` (ties: lowest index).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from sklearn.cluster import KMeans
 
-__all__ = ["Centres", "assign_nearest", "kmeans_centres", "squared_distances"]
+__all__ = ["EPOCHS", "EXACT_MAX_BYTES", "KMEANS", "Centres", "assign_nearest", "choose_kmeans", "dask_kmeans",
+           "kmeans_centres", "nearest_pass", "squared_distances", "streaming_kmeans"]
+
+KMEANS = ("auto", "exact", "minibatch", "dask")  #: ``interpretation.kmeans`` (auto: :func:`choose_kmeans`)
+EXACT_MAX_BYTES = 1 << 30  #: float32 reference features up to which ``auto`` fits exact k-means in memory
+EPOCHS = 3  #: minibatch: passes over the reference chunks
+INIT_FACTOR = 3  #: minibatch: k-means++ initialises on ``INIT_FACTOR x k`` rows (at least one chunk)
+DASK_MAX_ITER = 30  #: dask: Lloyd iterations at most (each reads every chunk once)
+
+#: ``read(lo, hi)``: reference rows ``[lo, hi)`` flattened, float32 ``[hi - lo, D]``
+ChunkReader = Callable[[int, int], np.ndarray]
 
 
 @dataclass
 class Centres:
     """``centres`` ``[V, D]``, ``labels`` ``[N]`` (cluster of each reference image), ``input_index``
-    ``[V]`` (the reference image nearest each centre: the input of that interpretation)."""
+    ``[V]`` (the reference image nearest each centre: the input of that interpretation); ``algorithm``
+    (:data:`KMEANS` but ``auto``), ``zero_rows`` (images whose ψ is all zero) and ``fit`` (what the
+    fit reports: iterations, inertia, passes over the data)."""
 
     centres: np.ndarray
     labels: np.ndarray
     input_index: np.ndarray
+    algorithm: str = "exact"
+    zero_rows: int = 0
+    fit: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_kmeans(requested: str, n: int, d: int, cluster: bool) -> str:
+    """The fit ``requested`` (:data:`KMEANS`); ``auto``: ``exact`` when ``n x d`` float32 values fit in
+    :data:`EXACT_MAX_BYTES`, else ``dask`` on a Dask cluster (``cluster``) and ``minibatch`` without."""
+    if requested not in KMEANS:
+        raise ValueError(f"interpretation.kmeans {requested!r} is not one of {', '.join(KMEANS)}")
+    if requested != "auto":
+        return requested
+    if n * d * 4 <= EXACT_MAX_BYTES:
+        return "exact"
+    return "dask" if cluster else "minibatch"
 
 
 def kmeans_centres(features: np.ndarray, n_clusters: int, seed: int = 0) -> Centres:
-    """k-means with ``n_clusters`` (clamped to the number of images) on ``features`` ``[N, ...]``."""
+    """Exact k-means with ``n_clusters`` (clamped to the number of images) on ``features`` ``[N, ...]``
+    in memory (scikit-learn's ``KMeans``, k-means++, one init)."""
+    from sklearn.cluster import KMeans
+
     flat = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     k = min(n_clusters, len(flat))
-    km = KMeans(n_clusters=k, random_state=seed, n_init="auto").fit(flat)  # k-means++, one init
+    km = KMeans(n_clusters=k, random_state=seed, n_init="auto").fit(flat)
     centres = km.cluster_centers_.astype(np.float32)
-    return Centres(centres=centres, labels=km.labels_.astype(np.int64),
-                   input_index=assign_nearest(centres, flat))
+    return Centres(centres=centres, labels=km.labels_.astype(np.int64), input_index=assign_nearest(centres, flat),
+                   algorithm="exact", zero_rows=int((flat == 0).all(1).sum()),
+                   fit={"n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "passes": "in memory"})
+
+
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+
+
+def nearest_pass(read: ChunkReader, n: int, centres: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """One pass over the chunks: ``labels`` ``[N]`` (nearest centre of each row), ``input_index`` ``[V]``
+    (nearest row of each centre, ties to the lowest index) and the number of all-zero rows; distances
+    in float64 (:func:`squared_distances`), one chunk at a time."""
+    labels = np.empty(n, dtype=np.int64)
+    best = np.full(len(centres), np.inf)
+    index = np.zeros(len(centres), dtype=np.int64)
+    zero = 0
+    for lo, hi in _chunks(n, chunk):
+        x = read(lo, hi)
+        d = squared_distances(x, centres)
+        labels[lo:hi] = np.argmin(d, axis=1)
+        rows = np.argmin(d, axis=0)
+        closer = d[rows, np.arange(len(centres))] < best  # strictly: an earlier chunk keeps a tie
+        best[closer], index[closer] = d[rows, np.arange(len(centres))][closer], lo + rows[closer]
+        zero += int((x == 0).all(1).sum())
+    return labels, index, zero
+
+
+def streaming_kmeans(read: ChunkReader, n: int, n_clusters: int, chunk: int, seed: int = 0,
+                     epochs: int = EPOCHS) -> Centres:
+    """Mini-batch k-means over the ``n`` rows that ``read`` returns chunk by chunk: k-means++ on a
+    seeded spread sample of ``max(INIT_FACTOR x k, chunk)`` rows, then ``epochs`` passes of
+    ``partial_fit`` over the chunks in a seeded random order (batches of at least ``k`` rows), then
+    :func:`nearest_pass`. Memory: one batch, the sample and the centres."""
+    from sklearn.cluster import MiniBatchKMeans, kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    k = min(n_clusters, n)
+    size = min(n, max(INIT_FACTOR * k, chunk))
+    sample_rows = np.sort(rng.choice(n, size=size, replace=False))
+    sample = np.concatenate([read(lo, hi)[sample_rows[(sample_rows >= lo) & (sample_rows < hi)] - lo]
+                             for lo, hi in _chunks(n, chunk)
+                             if ((sample_rows >= lo) & (sample_rows < hi)).any()])
+    init, _ = kmeans_plusplus(sample, k, random_state=seed)
+    del sample
+    km = MiniBatchKMeans(n_clusters=k, init=init, n_init=1, batch_size=chunk, random_state=seed,
+                         compute_labels=False)
+    spans = _chunks(n, chunk)
+    for _ in range(epochs):
+        for g in _batches(spans, rng.permutation(len(spans)), k):
+            km.partial_fit(np.concatenate([read(*spans[j]) for j in g]))
+    centres = km.cluster_centers_.astype(np.float32)
+    labels, index, zero = nearest_pass(read, n, centres, chunk)
+    return Centres(centres=centres, labels=labels, input_index=index, algorithm="minibatch", zero_rows=zero,
+                   fit={"epochs": epochs, "init_rows": size, "passes": epochs + 2,
+                        "steps": int(km.n_steps_)})
+
+
+def _batches(spans: list[tuple[int, int]], order: np.ndarray, k: int) -> list[list[int]]:
+    """The chunks ``order`` names, grouped in that order into batches of at least ``k`` rows (the
+    last too short one joins the one before): ``partial_fit`` needs as many rows as centres."""
+    groups: list[list[int]] = [[]]
+    rows = 0
+    for j in order.tolist():
+        if rows >= k:
+            groups.append([])
+            rows = 0
+        groups[-1].append(j)
+        rows += spans[j][1] - spans[j][0]
+    if rows < k and len(groups) > 1:
+        groups[-2].extend(groups.pop())
+    return groups
+
+
+def dask_kmeans(x: Any, n_clusters: int, seed: int = 0, max_iter: int = DASK_MAX_ITER) -> Centres:
+    """dask-ml's ``KMeans`` (k-means|| init) over the Dask array ``x`` ``[N, D]`` (float32, chunked by
+    rows) on the active distributed client; labels and inputs from one more pass on the cluster."""
+    import dask
+    from dask_ml.cluster import KMeans
+
+    n = x.shape[0]
+    k = min(n_clusters, n)
+    km = KMeans(n_clusters=k, random_state=seed, max_iter=max_iter, init_max_iter=2).fit(x)
+    centres = np.asarray(km.cluster_centers_, dtype=np.float32)
+    parts = [dask.delayed(_block_nearest)(b, centres) for b in x.to_delayed().ravel()]
+    results = dask.compute(*parts)
+    labels = np.concatenate([r[0] for r in results])
+    best, index, zero, lo = np.full(k, np.inf), np.zeros(k, dtype=np.int64), 0, 0
+    for block_labels, dmin, rows, z in results:
+        closer = dmin < best
+        best[closer], index[closer] = dmin[closer], lo + rows[closer]
+        lo, zero = lo + len(block_labels), zero + z
+    return Centres(centres=centres, labels=labels, input_index=index, algorithm="dask", zero_rows=zero,
+                   fit={"n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "max_iter": max_iter})
+
+
+def _block_nearest(block: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    x = np.asarray(block, dtype=np.float32).reshape(len(block), -1)
+    d = squared_distances(x, centres)
+    rows = np.argmin(d, axis=0)
+    return (np.argmin(d, axis=1).astype(np.int64), d[rows, np.arange(len(centres))], rows.astype(np.int64),
+            int((x == 0).all(1).sum()))
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from repint.assignment import fallbacks
+from repint.centres import KMEANS
 from repint.methods import available_methods, paper_methods
 from repint.metrics import BASELINES, CURVE_STEPS, DEFAULT_METRICS, KEEP_FRACTION, KEEP_FRACTIONS, METRICS
 from repint.qsampling import q_samplers
@@ -24,6 +25,7 @@ __all__ = ["ALL_METHODS", "DEVICES", "Config", "ConfigError", "demo_config", "ex
 ALL_METHODS = paper_methods()
 QSampling = Literal[tuple(q_samplers())]  # type: ignore[valid-type]
 SolverName = Literal[tuple(solvers())]  # type: ignore[valid-type]
+KMeansAlgorithm = Literal[KMEANS]  # type: ignore[valid-type]
 Fallback = Literal[tuple(fallbacks())]  # type: ignore[valid-type]
 MetricName = Literal[METRICS]  # type: ignore[valid-type]
 Baseline = Literal[BASELINES]  # type: ignore[valid-type]
@@ -102,6 +104,10 @@ class InterpretationConfig(_Strict):
     orient: bool = True
     unit_normals: bool = True
     seed: int = Field(0, ge=0)
+    kmeans: KMeansAlgorithm = Field(KMEANS[0], description="how the centres V are fitted: "  # type: ignore[valid-type]
+                                    + ", ".join(KMEANS) + " (repint.centres; auto: exact below "
+                                    "repint.centres.EXACT_MAX_BYTES of reference features, else dask on a Dask "
+                                    "cluster and minibatch without one)")
 
 
 class EvaluationConfig(_Strict):
@@ -186,6 +192,8 @@ class RuntimeConfig(_Strict):
     task_runner: Literal["dask", "threads"] = "dask"
     dask_address: str | None = None
     n_workers: int = Field(2, ge=1)
+    writers: int = Field(2, ge=1, le=64, description="ingest: threads that compress and write ψ beside the forward "
+                         "pass (a GPU outruns one: give a GPU machine about 8)")
 
     @field_validator("device", mode="before")
     @classmethod

@@ -99,6 +99,7 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "q_clamped": attrs.get("q_clamped", []),
         "interpretations_clamped": attrs.get("interpretations_clamped", []),
         "zero_features_reference": attrs.get("zero_features_reference", 0),
+        "kmeans": attrs.get("kmeans", {"algorithm": "exact"}),  # the fit of the centres (stores before it: exact)
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "store": redact_url(spec.store),  # never credentials in URL user info
         **(extra or {}),
