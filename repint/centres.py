@@ -18,7 +18,7 @@ interpretation), :math:`\arg\min_i \lVert ψ(x_i) - c_v \rVert^2` (ties: lowest 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,19 +86,30 @@ def nearest_pass(read: ChunkReader, n: int, centres: np.ndarray, chunk: int) -> 
     """One pass over the chunks: ``labels`` ``[N]`` (nearest centre of each row), ``input_index`` ``[V]``
     (nearest row of each centre, ties to the lowest index) and the number of all-zero rows; distances
     in float64 (:func:`squared_distances`), one chunk at a time."""
-    labels = np.empty(n, dtype=np.int64)
-    best = np.full(len(centres), np.inf)
-    index = np.zeros(len(centres), dtype=np.int64)
-    zero = 0
-    for lo, hi in _chunks(n, chunk):
-        x = read(lo, hi)
-        d = squared_distances(x, centres)
-        labels[lo:hi] = np.argmin(d, axis=1)
-        rows = np.argmin(d, axis=0)
-        closer = d[rows, np.arange(len(centres))] < best  # strictly: an earlier chunk keeps a tie
-        best[closer], index[closer] = d[rows, np.arange(len(centres))][closer], lo + rows[closer]
-        zero += int((x == 0).all(1).sum())
-    return labels, index, zero
+    return _merge_nearest((_block_nearest(read(lo, hi), centres) for lo, hi in _chunks(n, chunk)), len(centres))
+
+
+def _block_nearest(block: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One block's labels, each centre's smallest distance in it and the row of that distance (the first
+    among equals), and its all-zero rows."""
+    x = np.asarray(block, dtype=np.float32).reshape(len(block), -1)
+    d = squared_distances(x, centres)
+    rows = np.argmin(d, axis=0)
+    return (np.argmin(d, axis=1).astype(np.int64), d[rows, np.arange(len(centres))], rows.astype(np.int64),
+            int((x == 0).all(1).sum()))
+
+
+def _merge_nearest(blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, int]],
+                   k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`_block_nearest` of consecutive blocks -> labels, each centre's nearest row (strictly closer
+    only: an earlier block keeps a tie) and the all-zero rows, merged as the blocks arrive."""
+    best, index, zero, lo, labels = np.full(k, np.inf), np.zeros(k, dtype=np.int64), 0, 0, []
+    for block_labels, dmin, rows, z in blocks:
+        closer = dmin < best
+        best[closer], index[closer] = dmin[closer], lo + rows[closer]
+        lo, zero = lo + len(block_labels), zero + z
+        labels.append(block_labels)
+    return np.concatenate(labels), index, zero
 
 
 def streaming_kmeans(read: ChunkReader, n: int, n_clusters: int, chunk: int, seed: int = 0,
@@ -158,23 +169,9 @@ def dask_kmeans(x: Any, n_clusters: int, seed: int = 0, max_iter: int = DASK_MAX
     km = KMeans(n_clusters=k, random_state=seed, max_iter=max_iter, init_max_iter=2).fit(x)
     centres = np.asarray(km.cluster_centers_, dtype=np.float32)
     parts = [dask.delayed(_block_nearest)(b, centres) for b in x.to_delayed().ravel()]
-    results = dask.compute(*parts)
-    labels = np.concatenate([r[0] for r in results])
-    best, index, zero, lo = np.full(k, np.inf), np.zeros(k, dtype=np.int64), 0, 0
-    for block_labels, dmin, rows, z in results:
-        closer = dmin < best
-        best[closer], index[closer] = dmin[closer], lo + rows[closer]
-        lo, zero = lo + len(block_labels), zero + z
+    labels, index, zero = _merge_nearest(list(dask.compute(*parts)), k)
     return Centres(centres=centres, labels=labels, input_index=index, algorithm="dask", zero_rows=zero,
                    fit={"n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "max_iter": max_iter})
-
-
-def _block_nearest(block: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    x = np.asarray(block, dtype=np.float32).reshape(len(block), -1)
-    d = squared_distances(x, centres)
-    rows = np.argmin(d, axis=0)
-    return (np.argmin(d, axis=1).astype(np.int64), d[rows, np.arange(len(centres))], rows.astype(np.int64),
-            int((x == 0).all(1).sum()))
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

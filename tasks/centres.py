@@ -82,7 +82,7 @@ def _fit(spec: RunSpec, store: FeatureStore, algorithm: str, k: int) -> Centres:
     if algorithm == "minibatch":
         return streaming_kmeans(read, n, k, chunk, seed=seed)
     with _client(spec):
-        return dask_kmeans(_dask_features(spec, n, chunk), k, seed=seed)
+        return dask_kmeans(_dask_features(spec, store.shape(path), chunk), k, seed=seed)
 
 
 def _read_flat(spec: RunSpec, lo: int, hi: int) -> np.ndarray:
@@ -90,12 +90,13 @@ def _read_flat(spec: RunSpec, lo: int, hi: int) -> np.ndarray:
     return open_store(spec, mode="r").read(INGEST.of("reference")["features"], slice(lo, hi)).reshape(hi - lo, -1)
 
 
-def _dask_features(spec: RunSpec, n: int, chunk: int) -> Any:
-    """``reference/features`` as a Dask array ``[N, D]`` of one block per chunk, read by the workers."""
+def _dask_features(spec: RunSpec, shape: tuple[int, ...], chunk: int) -> Any:
+    """``reference/features`` (of ``shape``) as a Dask array ``[N, D]`` of one block per chunk, read by the
+    workers."""
     import dask
     import dask.array as da
 
-    d = int(np.prod(open_store(spec, mode="r").shape(INGEST.of("reference")["features"])[1:]))
+    n, d = shape[0], int(np.prod(shape[1:]))
     return da.concatenate([da.from_delayed(dask.delayed(_read_flat)(spec, lo, hi), shape=(hi - lo, d),
                                            dtype=np.float32) for lo, hi in chunks(n, chunk)])
 
