@@ -248,10 +248,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.runs_dir, host=args.host, port=args.port)
 
 
+def bench_parser() -> argparse.ArgumentParser:
+    """``repint bench``'s own parser (its options: :func:`repint.app.bench.add_arguments`)."""
+    from repint.app.bench import add_arguments
+
+    p = argparse.ArgumentParser(prog="repint bench", description="Measure every stage against its limit in the "
+                                "same run (plain torch inference, in-memory BLAS, a reference solver, one Dask "
+                                "worker); print a markdown table and write bench.json and bench.md.")
+    add_arguments(p)
+    return p
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from repint.app.bench import run
 
-    return run(args)
+    return run(bench_parser().parse_args(args.bench_args))  # main: the arguments after `bench`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,13 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                     "only)")
     sv.set_defaults(fn=cmd_serve)
-    from repint.app.bench import add_arguments
-
+    # bench's options are parsed by bench itself (cmd_bench): its package imports the whole stack (torch,
+    # scikit-learn, ...), seconds that every other command would pay to start and again to exit
     bn = sub.add_parser("bench", help="the performance suite: every stage as a ratio against its limit, measured "
-                        "side by side (docs/benchmarks.md)", description="Measure every stage against its limit "
-                        "in the same run (plain torch inference, in-memory BLAS, a reference solver, one Dask "
-                        "worker); print a markdown table and write bench.json and bench.md.")
-    add_arguments(bn)
+                        "side by side (docs/benchmarks.md)", add_help=False)
     bn.set_defaults(fn=cmd_bench)
     from repint.app import explain
 
@@ -359,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from repint.app.console import log_to_file, run_log, see_log, stops, write_traceback
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # a command that runs the pipeline: its full log (tracebacks) in a file, Ctrl-C/SIGTERM stop it
     log = run_log(args.command, getattr(args, "out", None), getattr(args, "config", None))
     if log is not None:
