@@ -631,6 +631,7 @@ def test_only_the_documented_hook_imports_by_name():
     assert found == {
         ("repint/nets.py", "importlib.import_module"),  # the module:function model hook (documented)
         ("flows/__init__.py", "importlib.import_module"),  # lazy import of the flows modules (constants)
+        ("repint/__init__.py", "importlib.import_module"),  # PEP 562 public names (a constant table)
         ("flows/cluster.py", "importlib.import_module"),  # a worker probe imports repint's own task module
     }
     shell = [f"{p.relative_to(ROOT)}:{c.lineno}" for p in _python_files(*PRODUCT) for name, c in _calls(p)
