@@ -17,7 +17,11 @@ class ``Class(e)``, and centres ``c_v`` of the interpretations ``V`` with polyto
                      \mathrm{nearest}(e) & \text{otherwise (the fallback)} \end{cases}
 
 RI's methods reuse the interpretation ``RI(e)``; the baselines reuse ``nearest(e)``. Ties of ``argmin``
-go to the lowest centre index. An empty polytope covers every image of its centre's class.
+go to the lowest centre index. ``d(e, v)`` is the float64 formula of :func:`repint.centres.squared_distances`
+as :func:`repint.distances.ordered_squared_distances` computes it: in float32, recomputed in float64
+exactly where two centres of a row are too close to tell apart, so that every ``argmin`` below is that of
+the float64 distances (rules only compare the distances of one image). An empty polytope covers every
+image of its centre's class.
 
 What an image no polytope covers gets is a *fallback rule*, registered by name like the methods
 (``evaluation.fallback``): ``nearest`` (the rule above: the paper's and the authors' code),
@@ -41,14 +45,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repint.centres import squared_distances
+from repint.distances import ordered_squared_distances
 from repint.registry import Registry
 
-__all__ = ["FALLBACKS", "Assignment", "FallbackRule", "assign", "fallback_centres", "fallbacks", "polytope_cover",
-           "polytope_violations", "register_fallback"]
+__all__ = ["FALLBACKS", "Assignment", "FallbackRule", "assign", "assign_by_distances", "fallback_centres", "fallbacks",
+           "polytope_cover", "polytope_violations", "register_fallback"]
 
 #: ``rule(dist [n, V], predictions [n], centre_class [V], violations [n, V]) -> [n]`` centre of each
-#: image (``violations``: :func:`polytope_violations`)
+#: image (``violations``: :func:`polytope_violations`); ``dist`` orders each row as the float64 distances
+#: do, its values within the bound of :mod:`repint.distances`: a rule compares the entries of a row only
 FallbackRule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 FALLBACKS: Registry[FallbackRule] = Registry("fallback rule")
 register_fallback = FALLBACKS.register  #: decorator adding a fallback rule under a name
@@ -134,10 +139,12 @@ def assign(features: np.ndarray, centres: np.ndarray, signs: np.ndarray, polytop
            fallback: str = "nearest") -> Assignment:
     """Assign each of ``n`` unseen images to an interpretation by the rule of the module docstring.
 
-    ``features`` ``[n, ...]`` and ``centres`` ``[V, ...]`` (flattened; distances in float64), ``signs``
-    ``[n, M]`` boolean, ``polytope_boundaries`` / ``polytope_orientation`` ``[V, K]`` (ids padded with
-    ``-1``), ``predictions`` ``[n]`` and ``centre_class`` ``[V]`` predicted classes; ``fallback``
-    names the rule (:func:`fallbacks`) for images no polytope covers.
+    ``features`` ``[n, ...]`` and ``centres`` ``[V, ...]`` (flattened; distances by
+    :func:`repint.distances.ordered_squared_distances`), ``signs`` ``[n, M]`` boolean,
+    ``polytope_boundaries`` / ``polytope_orientation`` ``[V, K]`` (ids padded with ``-1``), ``predictions``
+    ``[n]`` and ``centre_class`` ``[V]`` predicted classes; ``fallback`` names the rule (:func:`fallbacks`)
+    for images no polytope covers. Each image's result depends on its own row only: assigning a set
+    chunk by chunk gives the same arrays.
     """
     FALLBACKS.get(fallback)  # an unknown rule is an error before any work
     predictions, centre_class = np.asarray(predictions), np.asarray(centre_class)
@@ -147,7 +154,18 @@ def assign(features: np.ndarray, centres: np.ndarray, signs: np.ndarray, polytop
     if centre_class.shape != (len(centres),) or len(polytope_boundaries) != len(centres):
         raise ValueError(f"centres ({len(centres)}), centre_class {centre_class.shape} and polytope_boundaries "
                          f"({len(polytope_boundaries)}) must have one row per centre.")
-    dist = squared_distances(features, centres)
+    return assign_by_distances(ordered_squared_distances(features, centres), signs, polytope_boundaries,
+                               polytope_orientation, predictions, centre_class, fallback)
+
+
+def assign_by_distances(dist: np.ndarray, signs: np.ndarray, polytope_boundaries: np.ndarray,
+                        polytope_orientation: np.ndarray, predictions: np.ndarray, centre_class: np.ndarray,
+                        fallback: str = "nearest") -> Assignment:
+    """:func:`assign` from the distances ``dist`` ``[n, V]`` (``d(e, v)``): the rule compares the entries
+    of a row only, so any matrix that orders each row alike gives the same assignment
+    (:func:`repint.centres.squared_distances`'s, :func:`repint.distances.ordered_squared_distances`')."""
+    FALLBACKS.get(fallback)
+    dist, predictions, centre_class = np.asarray(dist), np.asarray(predictions), np.asarray(centre_class)
     nearest = np.argmin(dist, axis=1)
     viol = polytope_violations(signs, polytope_boundaries, polytope_orientation)
     cov = (viol == 0) & (predictions[:, None] == centre_class)

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from repint.distances import nearest_rows
+
 __all__ = ["FeatureArray", "distinct_polytopes", "euclidean_neighbours", "most_representative", "rank_similar",
            "semantic_distance"]
 
@@ -45,17 +47,12 @@ def rank_similar(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit:
 
 def euclidean_neighbours(features: FeatureArray, x: int, top: int = 4, block: int = 1024) -> np.ndarray:
     r"""The ``top`` rows of ``features`` ``[N, ...]`` nearest to row ``x`` in flattened float64 Euclidean
-    distance, :math:`\lVert ψ(x') - ψ(x) \rVert^2`, ``x`` itself excluded (ties: lowest index; with
-    ``top >= N`` it comes last). Read ``block`` rows at a time, so ``features`` never needs to fit in
-    memory at once."""
-    psi_x = np.asarray(features[x], dtype=np.float64).ravel()
-    n = features.shape[0]
-    dist = np.empty(n)
-    for lo in range(0, n, block):
-        f = np.asarray(features[lo: lo + block], dtype=np.float64).reshape(-1, psi_x.size)
-        dist[lo: lo + len(f)] = ((f - psi_x) ** 2).sum(1)
-    dist[x] = np.inf
-    return np.argsort(dist, kind="stable")[:top]
+    distance, :math:`\lVert ψ(x') - ψ(x) \rVert^2` (``((ψ64(x') - ψ64(x)) ** 2).sum()``), ``x`` itself
+    excluded (ties: lowest index; with ``top >= N`` it comes last). Read ``block`` rows at a time, so
+    ``features`` never needs to fit in memory at once: float32 distances with their error bound, and the
+    float64 ones for the rows that may be among the ``top`` only (:func:`repint.distances.nearest_rows`,
+    the same rows in the same order as float64 everywhere)."""
+    return nearest_rows(lambda lo, hi: np.asarray(features[lo:hi]), features.shape[0], x, top, block)
 
 
 def most_representative(n_covered: np.ndarray, n: int) -> list[int]:

@@ -28,20 +28,32 @@ __all__ = ["assign_unseen", "evaluate_chunk", "prepare_evaluation", "summarise_e
 def assign_unseen(spec: RunSpec) -> dict:
     """Assign the unseen images (:func:`repint.assignment.assign`): RI the polytope of V that covers
     ``e`` and has ``e``'s predicted class (nearest centre among several), else the nearest centre's.
-    Baselines: the nearest centre."""
+    Baselines: the nearest centre.
+
+    One chunk of ``runtime.chunk_size`` images at a time (its features, sign bits and predictions; the
+    centres and polytopes whole): each image's assignment is its row's alone, so the arrays equal
+    :func:`assign` on the whole set. The per-image results (``(3 + R) x 8 + 1`` bytes an image) are
+    gathered and each array is written whole once every chunk is done, as before: the layout declares
+    them one chunk each, and no reader ever sees an array half of this run's."""
     store, polytopes, centres, unseen = open_store(spec), POLYTOPES.of(), CENTRES.of(), INGEST.of("unseen")
     for stage in (POLYTOPES.of().name, SIGNS.of("unseen").name):
         store.require_complete(stage)
-    feats = store.read(unseen["features"])
-    signs = unpack_signs(store.read(SIGNS.of("unseen")[""]), store.shape(BOUNDARIES.of()["b"])[0])
-    a = assign(feats, store.read(centres["vectors"]), signs, store.read(polytopes["boundaries"]),
-               store.read(polytopes["orientation"]), store.read(unseen["predictions"]),
-               store.read(centres["predicted_class"]), fallback=spec.evaluation.fallback)
-    out = ASSIGNMENT.of()
-    for name in ("nearest", "ri_centre", "ri_covered"):
-        store.write(out[name], getattr(a, name))
-    store.write(out["fallback_centre"], a.fallback_centre)
-    return {"covered_unseen": int(a.ri_covered.sum()), "n_unseen": len(feats)}
+    n, m = store.shape(unseen["predictions"])[0], store.shape(BOUNDARIES.of()["b"])[0]
+    vectors, centre_class = store.read(centres["vectors"]), store.read(centres["predicted_class"])
+    ids, orient = store.read(polytopes["boundaries"]), store.read(polytopes["orientation"])
+    out = {"nearest": np.zeros(n, np.int64), "ri_centre": np.zeros(n, np.int64), "ri_covered": np.zeros(n, bool),
+           "fallback_centre": np.zeros((n, len(fallbacks())), np.int64)}
+    for lo, hi in chunks(n, spec.chunk_size):
+        rows = slice(lo, hi)
+        signs = unpack_signs(store.read(SIGNS.of("unseen")[""], rows), m)
+        a = assign(store.read(unseen["features"], rows), vectors, signs, ids, orient,
+                   store.read(unseen["predictions"], rows), centre_class, fallback=spec.evaluation.fallback)
+        for name, value in out.items():
+            value[lo:hi] = getattr(a, name)
+    path = ASSIGNMENT.of()
+    for name, value in out.items():
+        store.write(path[name], value)
+    return {"covered_unseen": int(out["ri_covered"].sum()), "n_unseen": n}
 
 
 def _fallback(spec: RunSpec, method: Variant) -> str:
