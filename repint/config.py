@@ -192,6 +192,8 @@ class RuntimeConfig(_Strict):
     task_runner: Literal["dask", "threads"] = "dask"
     dask_address: str | None = None
     n_workers: int = Field(2, ge=1)
+    writers: int = Field(2, ge=1, le=64, description="ingest: threads that compress and write ψ beside the forward "
+                         "pass (a GPU outruns one: give a GPU machine about 8)")
 
     @field_validator("device", mode="before")
     @classmethod

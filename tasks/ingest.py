@@ -1,7 +1,22 @@
-"""Ingest: chunks of images -> ψ, logits and predictions in the store."""
+"""Ingest: chunks of images -> ψ, logits and predictions in the store.
+
+One task per chunk of ``runtime.chunk_size`` images, and the features array has one Zarr chunk per
+such chunk (``storage/layout.py``), so a task writes whole Zarr chunks and two tasks never write into
+the same one. Compressing and writing a chunk's ψ (zstd, which releases the GIL) is slower than a
+GPU's forward pass of it (docs/scaling.md: 510 images/s per thread against 3,731 on an H200), so the
+tasks of a process share the device and the writers (:class:`IngestLanes`): one forward pass at a time
+on the device, and at most ``runtime.writers`` chunks being compressed and written beside it, each on
+the thread of its own task, which returns (and writes its completion record) only once its chunk is
+in the store. The forward pass of the next chunk overlaps the writes of the ones before; ψ waiting
+for a writer is at most one chunk. The writes run on the task runner's threads, so a runner needs
+``runtime.writers + 1`` of them (:func:`ingest_threads`) for every writer to be used.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,6 +39,61 @@ from repint.tasks.common import (
     unit_key,
 )
 from repint.tasks.runspec import RunSpec
+
+__all__ = ["IngestLanes", "ingest_chunk", "ingest_fingerprint", "ingest_lanes", "ingest_threads", "prepare_ingest"]
+
+
+class IngestLanes:
+    """One device's forward pass and ``writers`` write lanes, shared by the ingest tasks of a process
+    that run on that device with that many writers. ``busy``/``peak``: chunks being written now and at
+    most at once; ``written``: chunks written (what ``benchmarks/gpu_pipeline.py`` reports)."""
+
+    def __init__(self, writers: int, device_lock: threading.Lock | None = None) -> None:
+        self.writers, self.busy, self.peak, self.written = int(writers), 0, 0, 0
+        self._device = device_lock or threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.writers)
+        self._count = threading.Lock()
+
+    @contextmanager
+    def forward(self) -> Iterator[None]:
+        """The device, to one chunk's forward pass at a time."""
+        with self._device:
+            yield
+
+    def take_writer(self) -> None:
+        """Wait for a free write lane (called holding :meth:`forward`, so that no other chunk's forward
+        pass runs ahead of the writers: ψ waiting for one is one chunk); give it back with
+        :meth:`release_writer`."""
+        self._slots.acquire()
+        with self._count:
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+
+    def release_writer(self, written: bool) -> None:
+        with self._count:
+            self.busy -= 1
+            self.written += int(written)
+        self._slots.release()
+
+
+_LANES: dict[tuple[str, int], IngestLanes] = {}
+_LANES_GUARD = threading.Lock()
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def ingest_lanes(spec: RunSpec) -> IngestLanes:
+    """This process's lanes for the spec's device and ``runtime.writers`` (one device lock per device,
+    whatever the writers)."""
+    dev, writers = str(device(spec)), int(spec.runtime.writers)
+    with _LANES_GUARD:
+        lock = _DEVICE_LOCKS.setdefault(dev, threading.Lock())
+        return _LANES.setdefault((dev, writers), IngestLanes(writers, lock))
+
+
+def ingest_threads(spec: RunSpec) -> int:
+    """Task-runner threads an ingest needs for every writer to be busy while the device computes:
+    ``runtime.writers + 1``."""
+    return int(spec.runtime.writers) + 1
 
 
 def ingest_fingerprint(spec: RunSpec, split: str, contents: dict[str, Any]) -> str:
@@ -75,24 +145,38 @@ def ingest_chunk(spec: RunSpec, split: str, chunk: int) -> dict:
     bound_chunk_memory()
     store, src, sm = open_store(spec), source(spec, split), load_split(spec)
     lo, hi = chunks(len(src), spec.chunk_size)[chunk]
-    images = src.load(np.arange(lo, hi))
-    dev, bs = device(spec), int(spec.runtime.batch_size)
-    feats = batched_forward(sm.psi, images, bs, dev)
-    logits = batched_forward(sm.head, feats, bs, dev)
-    bad = ~(np.isfinite(feats.reshape(len(feats), -1)).all(1) & np.isfinite(logits).all(1))
-    if bad.any():
-        ids = [src.ids[lo + i] for i in np.flatnonzero(bad)]
-        where = "ψ" if not np.isfinite(feats).all() else "the logits (ψ is finite)"
-        raise ValueError(
-            f"NaN or inf in {where} at layer {spec.model['layer']!r} for {len(ids)} of the {hi - lo} {split} images "
-            f"{lo}..{hi - 1}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}. The model produces non-finite "
-            "values: check the images, the checkpoint's weights (`model.checkpoint`) and the input normalisation "
-            "(`data.mean`, `data.std`).")
-    stage = INGEST.of(split)
-    store.write_region(stage["features"], slice(lo, hi), feats)
-    store.write_region(stage["logits"], slice(lo, hi), logits)
-    store.write_region(stage["predictions"], slice(lo, hi), logits.argmax(1))
-    store.mark_unit_done(stage.name, chunk)
-    del images, feats, logits
+    images = src.load(np.arange(lo, hi))  # on this task's thread: decoding overlaps the device and the writers
+    dev, bs, lanes = device(spec), int(spec.runtime.batch_size), ingest_lanes(spec)
+    with lanes.forward():
+        feats = batched_forward(sm.psi, images, bs, dev)
+        logits = batched_forward(sm.head, feats, bs, dev)
+        del images
+        _check_finite(spec, split, src.ids, lo, feats, logits)
+        lanes.take_writer()
+    written = False
+    try:
+        stage = INGEST.of(split)
+        store.write_region(stage["features"], slice(lo, hi), feats)
+        store.write_region(stage["logits"], slice(lo, hi), logits)
+        store.write_region(stage["predictions"], slice(lo, hi), logits.argmax(1))
+        store.mark_unit_done(stage.name, chunk)  # after every write of the chunk, on the same thread
+        written = True
+    finally:
+        lanes.release_writer(written)
+    del feats, logits
     release_memory()
     return {"split": split, "chunk": chunk, "n": hi - lo}
+
+
+def _check_finite(spec: RunSpec, split: str, ids: list[str], lo: int, feats: np.ndarray, logits: np.ndarray) -> None:
+    """A clear error for NaN or inf in ψ or the logits of images ``lo..``."""
+    bad = ~(np.isfinite(feats.reshape(len(feats), -1)).all(1) & np.isfinite(logits).all(1))
+    if bad.any():
+        hi = lo + len(feats)
+        where = [ids[lo + i] for i in np.flatnonzero(bad)]
+        what = "ψ" if not np.isfinite(feats).all() else "the logits (ψ is finite)"
+        raise ValueError(
+            f"NaN or inf in {what} at layer {spec.model['layer']!r} for {len(where)} of the {hi - lo} {split} images "
+            f"{lo}..{hi - 1}: {', '.join(where[:5])}{' ...' if len(where) > 5 else ''}. The model produces non-finite "
+            "values: check the images, the checkpoint's weights (`model.checkpoint`) and the input normalisation "
+            "(`data.mean`, `data.std`).")
