@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 from prefect import flow
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from repint.flows.runners import task_runner
+from repint.flows.runners import shared_cluster, solve_runner, task_runner
 from repint.flows.spec import file_sha256
 from repint.flows.stages import boundaries_flow, centres_flow, evaluate_flow, ingest_flow, interpret_flow
 from repint.storage import StoreLock
 from repint.tasks.common import logger, open_store
+from repint.tasks.ingest import ingest_threads
 from repint.tasks.report import write_report
 from repint.tasks.runspec import RunSpec
 from repint.tasks.train import train_model
@@ -52,17 +54,31 @@ def pipeline(spec: RunSpec) -> dict[str, Any]:
 
 
 def _pipeline(spec: RunSpec, dask_runner: Any) -> dict[str, Any]:
+    """The stage flows in order. The boundaries' sign chunks and the interpretations' solves run on the
+    Dask runner, a local cluster started once for both (``shared_cluster``) and closed before the
+    evaluation; with ``task_runner: threads`` a large interpret stage solves on a process pool."""
     log, timings = logger(), {}
     t0 = time.perf_counter()
     spec, meta = with_default_model(spec)
     timings["train"] = time.perf_counter() - t0
-    for name, fl, runner in (("ingest", ingest_flow, None), ("centres", centres_flow, None),
-                             ("boundaries", boundaries_flow, dask_runner), ("interpret", interpret_flow, None),
-                             ("evaluate", evaluate_flow, None)):
-        t = time.perf_counter()
+
+    def timed(name: str, fl: Any, runner: Any = None, since: float | None = None) -> Any:
+        t = time.perf_counter() if since is None else since
         result = (fl.with_options(task_runner=runner) if runner else fl)(spec)
         timings[name] = time.perf_counter() - t
         log.info(f"{name} done in {timings[name]:.1f} s")
+        return result
+
+    timed("ingest", ingest_flow, ThreadPoolTaskRunner(max_workers=ingest_threads(spec)))  # every ψ writer busy
+    timed("centres", centres_flow)
+    t = time.perf_counter()
+    with shared_cluster(dask_runner) as runner:
+        timed("boundaries", boundaries_flow, runner, since=t)  # with the local cluster's start, as before
+        solves = solve_runner(spec, runner)
+        if isinstance(solves, ProcessPoolTaskRunner):
+            log.info(f"solving on {spec.runtime.n_workers} worker processes")
+        timed("interpret", interpret_flow, solves)
+    result = timed("evaluate", evaluate_flow)
     timings["total"] = time.perf_counter() - t0
     extra = {"model_training": {k: meta[k] for k in ("train_accuracy", "test_accuracy", "train_seconds")
                                 if k in meta}} if meta else {}

@@ -72,7 +72,11 @@ def boundaries_flow(spec: RunSpec) -> dict[str, int]:
 
 @flow(name="interpret", flow_run_name="interpret-{spec.dataset}", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def interpret_flow(spec: RunSpec) -> list[dict]:
-    """One greedy solve (Algorithm 1) per centre."""
+    """One greedy solve (Algorithm 1) per centre, one task each: on threads by default; ``pipeline`` gives
+    it the Dask runner of the boundaries (or, with ``task_runner: threads``, a process pool for a large
+    stage: ``repint.flows.runners.solve_runner``), the solver holds the GIL."""
+    if spec.runtime.dask_address:
+        preflight_cluster(spec)  # run alone on an existing cluster too: workers must import repint and reach it
     return run_units(spec, POLYTOPES.of().name, prepare_polytopes(spec), solve_centre, description="solve polytopes",
                      key="solve")
 
