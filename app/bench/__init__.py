@@ -8,8 +8,8 @@ with it, and their ratio. ``main`` prints a markdown table and writes JSON and m
 ``benchmarks/README.md``.
 
 Modules: ``common`` (the result record, alternating timing, medians), one per group of measurements
-(``ingest``, ``signs``, ``solver``, ``evaluation``, ``fidelity``, ``explain``, ``demo``), ``targets`` (the
-plan, its targets and the table) and ``main`` (the options and the run).
+(``ingest``, ``signs``, ``solver``, ``evaluation``, ``fidelity``, ``explain``, ``pipeline``, ``kmeans``,
+``demo``), ``targets`` (the plan, its targets and the table) and ``main`` (the options and the run).
 """
 
 from repint.app.bench.common import (
@@ -53,7 +53,17 @@ from repint.app.bench.ingest import (
     run_ingest,
     write_images,
 )
+from repint.app.bench.kmeans import bench_data_dir, bench_kmeans, synthetic_features
 from repint.app.bench.main import add_arguments, main, parser, run
+from repint.app.bench.pipeline import (
+    SCALE_PSI,
+    TreeSampler,
+    bench_pipeline_memory,
+    run_config,
+    run_pipeline,
+    scale_net,
+    write_inputs,
+)
 from repint.app.bench.signs import bench_signs, bench_signs_dask, sign_chunk_fn, sign_store
 from repint.app.bench.solver import bench_solver, bench_solver_vs_dense, sign_problem
 from repint.app.bench.targets import (
@@ -79,5 +89,6 @@ __all__ = [
     "bench_solver", "bench_solver_vs_dense", "eval_setup", "ingest_child", "ingest_setup", "interpretation_input",
     "load_average", "machine", "main", "med", "once", "parser", "plan", "result", "rounded", "rss_kib",
     "run", "run_children", "run_ingest", "segment_cache_reset", "sign_chunk_fn", "sign_problem", "sign_store",
-    "table", "timed", "write_images",
+    "table", "timed", "write_images", "SCALE_PSI", "TreeSampler", "bench_data_dir", "bench_kmeans",
+    "bench_pipeline_memory", "run_config", "run_pipeline", "scale_net", "synthetic_features", "write_inputs",
 ]

@@ -15,8 +15,10 @@ from repint.app.bench.evaluation import bench_evaluation, bench_scorecam_batchin
 from repint.app.bench.explain import EXPLAIN_MIN_RATIO, bench_explain, bench_explain_memory
 from repint.app.bench.fidelity import bench_metric
 from repint.app.bench.ingest import bench_ingest_memory, bench_ingest_throughput
+from repint.app.bench.kmeans import bench_kmeans
+from repint.app.bench.pipeline import bench_pipeline_memory
 from repint.app.bench.signs import bench_signs, bench_signs_dask
-from repint.app.bench.solver import bench_solver, bench_solver_vs_dense
+from repint.app.bench.solver import bench_solver, bench_solver_vs_dense, bench_solves_parallel
 from repint.config import ALL_METHODS
 from repint.metrics import METRICS
 
@@ -32,7 +34,8 @@ SCORECAM_MIN_RATIO = 5.0
 # (one sparse solve per batch) is measured against the same target
 METRIC_MIN_RATIO: dict[str, float | None] = {"ad-ai": 0.7, "deletion-insertion": 0.7, "road": 0.7,
                                              "representativeness": None}
-GROUPS = ("ingest", "signs", "dask", "solver", "evaluation", "metrics", "score-cam", "memory", "explain", "demo")
+GROUPS = ("ingest", "signs", "dask", "solver", "evaluation", "metrics", "score-cam", "memory", "explain", "pipeline",
+          "kmeans", "demo")
 DEFAULT_GROUPS = GROUPS[:-1]  # the demo (minutes, training included) only when asked for
 PSI_SHAPE = (64, 8, 8)  # vgg-small's ψ on 32x32 images (the demo's)
 
@@ -52,6 +55,7 @@ def plan(quick: bool, only: set[str] | None = None) -> list[tuple[str, Callable[
         ("signs", lambda: bench_signs(n_signs, PSI_SHAPE, 50, repeats)),
         ("signs", lambda: bench_signs(n_signs // 5, PSI_SHAPE, 1000, repeats)),
         ("dask", lambda: bench_signs_dask(n_signs // 5, PSI_SHAPE, 1000, repeats)),
+        ("dask", lambda: bench_solves_parallel(200_000, 50, 16 if quick else 32, repeats)),
         ("solver", lambda: bench_solver_vs_dense(100_000, 200, min_ratio=20, repeats=repeats)),
         ("solver", lambda: bench_solver(1_000_000, 50, limit_s=1.0, repeats=repeats)),
     ]
@@ -70,6 +74,11 @@ def plan(quick: bool, only: set[str] | None = None) -> list[tuple[str, Callable[
     # its memory at 4,000 against 1,000 (fresh processes), on a store the pipeline's tasks build from the digits
     steps.append(("explain", lambda: bench_explain(1_000, repeats, EXPLAIN_MIN_RATIO)))
     steps.append(("explain", lambda: bench_explain_memory(1_000, factor=4)))
+    # the whole pipeline's memory: `repint run` end to end (a subprocess, its process tree sampled) on synthetic
+    # ψ 512x7x7 at 10N vs N; k-means on a Dask cluster over N cached synthetic ψ vs scikit-learn in memory
+    steps.append(("pipeline", lambda: bench_pipeline_memory(200 if quick else 2_000, factor=10,
+                                                            n_unseen=200 if quick else 500)))
+    steps.append(("kmeans", lambda: bench_kmeans(4_000 if quick else 200_000, n_clusters=20 if quick else 100)))
     steps.append(("demo", bench_demo))
     return [(g, fn) for g, fn in steps if g in only]
 
