@@ -61,7 +61,8 @@ def shared_cluster(runner: Any) -> Iterator[Any]:
     from distributed import LocalCluster
     from prefect_dask import DaskTaskRunner
 
-    with LocalCluster(**runner.cluster_kwargs) as cluster:
+    # the runner's options (task_runner: 127.0.0.1 and its dashboard); 127.0.0.1 too where a runner says none
+    with LocalCluster(**{"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **runner.cluster_kwargs}) as cluster:
         yield DaskTaskRunner(address=cluster.scheduler_address)
 
 
