@@ -10,14 +10,15 @@ interpretations (:func:`most_representative`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from repint.distances import nearest_rows
 
-__all__ = ["FeatureArray", "distinct_polytopes", "euclidean_neighbours", "most_representative", "rank_similar",
-           "semantic_distance"]
+__all__ = ["FeatureArray", "covered_neighbours", "distinct_polytopes", "euclidean_neighbours", "most_representative",
+           "rank_similar", "semantic_distance"]
 
 
 class FeatureArray(Protocol):
@@ -29,20 +30,60 @@ class FeatureArray(Protocol):
     def __getitem__(self, key: int | slice, /) -> np.ndarray: ...
 
 
-def semantic_distance(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit: bool = True) -> np.ndarray:
-    """Eq. 6 distances ``[n]`` between ``ψ(x)`` and each of ``psi_others`` ``[n, ...]`` over boundaries ``W``."""
+def _normals(W: np.ndarray, unit: bool) -> np.ndarray:
+    """``W`` ``[P, ...]`` flattened to float64 ``[P, D]``; with ``unit``, each non-zero row divided by its norm."""
     Wf = np.asarray(W, dtype=np.float64).reshape(len(W), -1)
     if unit:
         norms = np.linalg.norm(Wf, axis=1, keepdims=True)
         Wf = Wf / np.where(norms > 0, norms, 1.0)
-    px = Wf @ np.asarray(psi_x, dtype=np.float64).reshape(-1)
-    po = np.asarray(psi_others, dtype=np.float64).reshape(len(psi_others), -1) @ Wf.T
-    return np.abs(po - px).sum(axis=1)
+    return Wf
+
+
+def _eq6(Wf: np.ndarray, px: np.ndarray, psi_others: np.ndarray) -> np.ndarray:
+    return np.abs(np.asarray(psi_others, dtype=np.float64).reshape(len(psi_others), -1) @ Wf.T - px).sum(axis=1)
+
+
+def semantic_distance(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit: bool = True) -> np.ndarray:
+    """Eq. 6 distances ``[n]`` between ``ψ(x)`` and each of ``psi_others`` ``[n, ...]`` over boundaries ``W``."""
+    Wf = _normals(W, unit)
+    return _eq6(Wf, Wf @ np.asarray(psi_x, dtype=np.float64).reshape(-1), psi_others)
 
 
 def rank_similar(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit: bool = True) -> np.ndarray:
     """Positions of ``psi_others`` from most to least similar (stable for equal distances)."""
     return np.argsort(semantic_distance(W, psi_x, psi_others, unit), kind="stable")
+
+
+def covered_neighbours(features: FeatureArray, queries: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       top: int, unit: bool = True, block: int = 1024) -> list[np.ndarray]:
+    """For each query ``(W, psi_x, covered)``: the ``top`` rows of ``covered`` (ascending row indices of
+    ``features`` ``[N, ...]``) most similar to ``ψ(x)`` by Eq. 6 over the boundaries ``W``, most similar
+    first, ties to the lowest index; with no boundaries, the first ``top`` of ``covered``. The same rows as
+    ``covered[rank_similar(W, psi_x, features[covered], unit)[:top]]``, but ``features`` is read ``block``
+    rows at a time, each block once for all queries and only where some query covers a row of it: memory
+    is one block and ``top`` candidates per query, whatever ``N`` and however many rows a polytope covers."""
+    prepared = []
+    for W, psi_x, covered in queries:
+        psi = np.asarray(psi_x, dtype=np.float64).reshape(-1)
+        Wf = _normals(W, unit) if len(W) else np.zeros((0, len(psi)))
+        prepared.append((Wf, Wf @ psi, np.asarray(covered, np.int64)))
+    best = [(c[:0], np.zeros(0)) for _, _, c in prepared]
+    ranked = [c for Wf, _, c in prepared if len(Wf) and len(c)]
+    n = features.shape[0]
+    for b in np.unique(np.concatenate([c // block for c in ranked])) if ranked and top > 0 else []:
+        lo, hi = int(b) * block, min(n, (int(b) + 1) * block)
+        x = None
+        for j, (Wf, px, covered) in enumerate(prepared):
+            a, z = np.searchsorted(covered, [lo, hi])
+            if not len(Wf) or a == z:
+                continue
+            if x is None:
+                x = np.asarray(features[lo:hi])
+            rows = covered[a:z]
+            idx, dist = np.concatenate([best[j][0], rows]), np.concatenate([best[j][1], _eq6(Wf, px, x[rows - lo])])
+            keep = np.argsort(dist, kind="stable")[:top]  # earlier rows first among equals: global stable order
+            best[j] = (idx[keep], dist[keep])
+    return [best[j][0] if len(Wf) else covered[:top] for j, (Wf, _, covered) in enumerate(prepared)]
 
 
 def euclidean_neighbours(features: FeatureArray, x: int, top: int = 4, block: int = 1024) -> np.ndarray:

@@ -16,7 +16,6 @@ from repint.heatmaps import display_image
 from repint.methods import get_method
 from repint.metrics import mask_images, softmax
 from repint.model import PSI_MODULE
-from repint.ranking import rank_similar
 from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, POLYTOPES
 from repint.tasks.common import batched_forward, device, load_split, source
 from repint.tasks.interpret import load_interpretation
@@ -31,20 +30,22 @@ def representative_centres(store, n: int) -> list[int]:  # noqa: ANN001
     return ranking.most_representative(store.read(POLYTOPES.of()["n_covered"]), n)
 
 
-def eq6_neighbours(spec: RunSpec, store, centre: int, top: int = 4) -> np.ndarray:  # noqa: ANN001
-    """Reference images covered by the polytope of ``centre``, most similar to its input by Eq. 6."""
+def eq6_neighbours(spec: RunSpec, store, centres: list[int], top: int = 4) -> dict[int, np.ndarray]:  # noqa: ANN001
+    """Per centre of ``centres``: the reference images its polytope covers (its input excluded), the ``top``
+    most similar to its input by Eq. 6, in one pass over the store's chunks that hold any of them
+    (:func:`repint.ranking.covered_neighbours`: one chunk of ψ in memory, never a polytope's whole cover)."""
     polytopes, feats = POLYTOPES.of(), INGEST.of("reference")["features"]
-    x = int(store.read(CENTRES.of()["input_index"])[centre])
-    covered = np.flatnonzero(store.read(polytopes["covered"], centre))
-    covered = covered[covered != x]
-    ids = store.read(polytopes["boundaries"], centre)
-    ids = ids[ids >= 0]
-    if not len(ids) or not len(covered):
-        return covered[:top]
-    W = store.read_rows(BOUNDARIES.of()["W"], ids)
-    order = rank_similar(W, store.read(feats, x), store.read_rows(feats, covered),
-                         unit=spec.interpretation.unit_normals)
-    return covered[order[:top]]
+    inputs, W = store.read(CENTRES.of()["input_index"]), BOUNDARIES.of()["W"]
+    queries = []
+    for v in centres:
+        x = int(inputs[v])
+        covered = np.flatnonzero(store.read(polytopes["covered"], v))
+        ids = store.read(polytopes["boundaries"], v)
+        ids = ids[ids >= 0]
+        queries.append((store.read_rows(W, ids), store.read(feats, x), covered[covered != x]))
+    near = ranking.covered_neighbours(store.view(feats), queries, top, unit=spec.interpretation.unit_normals,
+                                      block=spec.chunk_size)
+    return dict(zip(centres, near, strict=True))
 
 
 def euclidean_neighbours(store, x: int, top: int = 4, block: int = 1024) -> np.ndarray:  # noqa: ANN001
@@ -70,7 +71,7 @@ def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> d
 
     methods, fraction, ref = spec.evaluation.methods, spec.evaluation.keep_fraction, INGEST.of("reference")
     x = int(store.read(CENTRES.of()["input_index"])[centre])
-    eq6, euc = eq6_neighbours(spec, store, centre, top), euclidean_neighbours(store, x, top)
+    eq6, euc = eq6_neighbours(spec, store, [centre], top)[centre], euclidean_neighbours(store, x, top)
     shown = np.concatenate([[x], eq6, euc]).astype(int)
     titles = ["input x"] + [f"Eq. 6 #{i + 1}" for i in range(len(eq6))] + [f"Euclid. #{i + 1}" for i in range(len(euc))]
     images = source(spec, "reference").load(shown)

@@ -189,11 +189,10 @@ def thumbnail(rgb: np.ndarray, px: int, outline: np.ndarray | None = None) -> di
 
 
 def _similar(spec: RunSpec, store: FeatureStore, data: IndexData, centres: list[int],
-             interps: dict[int, dict[str, np.ndarray]]) -> dict[int, list[dict[str, Any]]]:
-    """Per centre: its input (first) and its covered reference images most similar by Eq. 6, each with
-    its thumbnail and, where RI was interpreted (``interps``: RI's interpretation of each centre), RI's heat
-    map of the centre reused on it."""
-    near = {v: eq6_neighbours(spec, store, v, TOP_SIMILAR) for v in centres}
+             interps: dict[int, dict[str, np.ndarray]], near: dict[int, np.ndarray]) -> dict[int, list[dict[str, Any]]]:
+    """Per centre: its input (first) and its covered reference images most similar by Eq. 6 (``near``:
+    :func:`repint.tasks.casestudy.eq6_neighbours`), each with its thumbnail and, where RI was interpreted
+    (``interps``: RI's interpretation of each centre), RI's heat map of the centre reused on it."""
     shown = {v: np.concatenate([[int(data.input_index[v])], near[v]]).astype(np.int64) for v in centres}
     rows = np.unique(np.concatenate(list(shown.values())))
     images = source(spec, "reference").load(rows)
@@ -273,10 +272,12 @@ def interpretation_index(spec: RunSpec, store: FeatureStore, out: Path, title: s
     folder.mkdir(parents=True, exist_ok=True)
     template = _environment().get_template("interpretation.html.j2")
     written = set()
+    near = eq6_neighbours(spec, store, list(range(data.n)), TOP_SIMILAR)  # one pass over the reference chunks
     for lo in range(0, data.n, BATCH):
         centres = list(range(lo, min(lo + BATCH, data.n)))
         interps = {v: load_interpretation(store, "RI", v) for v in centres} if ri else {}
-        similar, reused = _similar(spec, store, data, centres, interps), _reuse(spec, store, data, centres, interps)
+        similar = _similar(spec, store, data, centres, interps, near)
+        reused = _reuse(spec, store, data, centres, interps)
         for v in centres:
             row = rows[v]
             row["thumb"] = similar[v][0]["thumb"]

@@ -37,7 +37,7 @@ def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict
     import matplotlib.pyplot as plt
 
     x = int(store.read(CENTRE["input_index"])[centre])
-    similar = eq6_neighbours(spec, store, centre, top)
+    similar = eq6_neighbours(spec, store, [centre], top)[centre]
     ids = store.read(POLYTOPE["boundaries"], centre)
     ids = ids[ids >= 0]
     shown = np.concatenate([[x], similar]).astype(int)

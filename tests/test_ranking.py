@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from repint.ranking import euclidean_neighbours, most_representative, rank_similar, semantic_distance
+from repint.ranking import (
+    covered_neighbours,
+    euclidean_neighbours,
+    most_representative,
+    rank_similar,
+    semantic_distance,
+)
 
 # Boundaries W0 = (3, 4) (norm 5), W1 = (0, 2) (norm 2); ψ(x) = (1, 1): <W0, ψ(x)> = 7, <W1, ψ(x)> = 2.
 W = np.array([[3.0, 4.0], [0.0, 2.0]])
@@ -56,3 +64,35 @@ def test_most_representative_by_hand():
     assert most_representative(np.array([3, 7, 7, 0, 5]), 3) == [1, 2, 4]  # ties: lowest id first
     assert most_representative(np.array([3, 7]), 5) == [1, 0]
     assert all(isinstance(c, int) for c in most_representative(np.array([1, 2]), 2))
+
+
+def test_covered_neighbours_by_hand():
+    # OTHERS as rows 1, 2, 4, 6 of 7 (rows 0, 3, 5 uncovered and far off); unit: a (row 4), b (2), d (6), c (1)
+    feats = np.full((7, 2), 50.0)
+    feats[[1, 2, 4, 6]] = OTHERS
+    covered = np.array([1, 2, 4, 6])
+    for block in (1, 2, 3, 7, 100):
+        assert [r.tolist() for r in covered_neighbours(feats, [(W, PSI_X, covered)], 3, block=block)] == [[4, 2, 6]]
+        raw = covered_neighbours(feats, [(W, PSI_X, covered), (W[:0], PSI_X, covered), (W, PSI_X, covered[:0])],
+                                 4, unit=False, block=block)
+        # raw: a (4), d (6), b (2), c (1); no boundaries: the cover in order; an empty cover: nothing
+        assert [r.tolist() for r in raw] == [[4, 6, 2, 1], [1, 2, 4, 6], []]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_covered_neighbours_equals_ranking_the_whole_cover_in_memory(data):
+    """Block by block, each block once for all queries, equals ``rank_similar`` on the whole cover at once;
+    integer features and boundaries (exact in float64, ties everywhere) check the ties go to the lowest row."""
+    n, d = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 5))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    feats = rng.integers(0, 3, size=(n, d)).astype(np.float32)
+    unit, top, block = data.draw(st.booleans()), data.draw(st.integers(0, 8)), data.draw(st.integers(1, 50))
+    queries = []
+    for _ in range(data.draw(st.integers(1, 4))):
+        W_ = rng.integers(-2, 3, size=(data.draw(st.integers(0, 4)), d)).astype(np.float64)
+        queries.append((W_, feats[rng.integers(n)], np.flatnonzero(rng.random(n) < rng.random())))
+    got = covered_neighbours(feats, queries, top, unit=unit, block=block)
+    for (W_, x, cov), g in zip(queries, got, strict=True):
+        want = cov[rank_similar(W_, x, feats[cov], unit=unit)[:top]] if len(W_) and len(cov) else cov[:top]
+        assert g.tolist() == want.tolist()

@@ -408,7 +408,7 @@ def test_index_lists_every_interpretation_with_the_stores_numbers(report):
 
 
 def test_every_row_links_a_page_of_its_own_with_embedded_thumbnails(report):
-    from repint.tasks.casestudy import eq6_neighbours
+    from repint.ranking import rank_similar
     from repint.tasks.htmlindex import INPUT_PX, MAX_REUSED_PAGE, TOP_SIMILAR
 
     out, path, _, spec = report
@@ -440,7 +440,14 @@ def test_every_row_links_a_page_of_its_own_with_embedded_thumbnails(report):
                 assert not re.match(r"\s*(https?:)?//", link) and (target.parent / link.split("#")[0]).is_file()
         # every image embedded, decodable and small: the input and its RI map, Eq. 6's images and their maps,
         # and per reused unseen image the image, its map and the masked image
-        near = eq6_neighbours(spec, store, v, TOP_SIMILAR)
+        # Eq. 6 in memory over the whole cover (the pages' one chunked pass must give the same images)
+        cover = np.flatnonzero(store.read("polytopes/covered", v))
+        cover = cover[cover != inputs[v]]
+        ids = store.read("polytopes/boundaries", v)
+        W = store.read_rows("boundaries/W", ids[ids >= 0])
+        near = cover[rank_similar(W, store.read("reference/features", inputs[v]), store.read_rows(
+            "reference/features", cover), unit=spec.interpretation.unit_normals)[:TOP_SIMILAR]] if len(W) \
+            else cover[:TOP_SIMILAR]
         n_reused = min(int((ri == v).sum()), MAX_REUSED_PAGE)
         assert len(sub.images) == 2 + 2 * len(near) + 3 * n_reused
         assert all(max(_png(src)) <= INPUT_PX for src in sub.images)
