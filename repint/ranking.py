@@ -10,7 +10,7 @@ interpretations (:func:`most_representative`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -54,36 +54,47 @@ def rank_similar(W: np.ndarray, psi_x: np.ndarray, psi_others: np.ndarray, unit:
     return np.argsort(semantic_distance(W, psi_x, psi_others, unit), kind="stable")
 
 
-def covered_neighbours(features: FeatureArray, queries: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                       top: int, unit: bool = True, block: int = 1024) -> list[np.ndarray]:
-    """For each query ``(W, psi_x, covered)``: the ``top`` rows of ``covered`` (ascending row indices of
-    ``features`` ``[N, ...]``) most similar to ``ψ(x)`` by Eq. 6 over the boundaries ``W``, most similar
-    first, ties to the lowest index; with no boundaries, the first ``top`` of ``covered``. The same rows as
-    ``covered[rank_similar(W, psi_x, features[covered], unit)[:top]]``, but ``features`` is read ``block``
-    rows at a time, each block once for all queries and only where some query covers a row of it: memory
-    is one block and ``top`` candidates per query, whatever ``N`` and however many rows a polytope covers."""
-    prepared = []
-    for W, psi_x, covered in queries:
-        psi = np.asarray(psi_x, dtype=np.float64).reshape(-1)
-        Wf = _normals(W, unit) if len(W) else np.zeros((0, len(psi)))
-        prepared.append((Wf, Wf @ psi, np.asarray(covered, np.int64)))
-    best = [(c[:0], np.zeros(0)) for _, _, c in prepared]
-    ranked = [c for Wf, _, c in prepared if len(Wf) and len(c)]
+def covered_neighbours(features: FeatureArray, W: np.ndarray,
+                       queries: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], top: int, unit: bool = True,
+                       block: int = 1024) -> list[np.ndarray]:
+    """For each query ``(ids, psi_x, covered)``: the ``top`` rows of ``covered`` (ascending row indices of
+    ``features`` ``[N, ...]``) most similar to ``ψ(x)`` by Eq. 6 over the boundaries ``W[ids]`` (``W``
+    ``[Q, ...]``), most similar first, ties to the lowest index; with no boundaries, the first ``top`` of
+    ``covered``. The same rows as ``covered[rank_similar(W[ids], psi_x, features[covered], unit)[:top]]``,
+    but ``features`` is read ``block`` rows at a time, each block once for all queries and only where some
+    query covers a row of it; queries with the same boundaries (centres that share a polytope) share
+    their projections. Memory: one block, and per query its cover, ``|P|`` projections of ``ψ(x)`` and
+    ``top`` candidates, whatever ``N`` and however many rows a polytope covers."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    px, covers = [], []
+    for j, (ids, psi_x, covered) in enumerate(queries):  # ψ(x) is not kept: ``queries`` may be a generator
+        ids = tuple(int(i) for i in np.asarray(ids).reshape(-1))
+        px.append(_normals(W[list(ids)], unit) @ np.asarray(psi_x, np.float64).reshape(-1) if ids else None)
+        covers.append(np.asarray(covered, np.int64))
+        if ids and len(covers[j]):
+            groups.setdefault(ids, []).append(j)
+    best = [(c[:0], np.zeros(0)) for c in covers]
     n = features.shape[0]
-    for b in np.unique(np.concatenate([c // block for c in ranked])) if ranked and top > 0 else []:
+    ranked = [covers[j] // block for members in groups.values() for j in members]
+    for b in np.unique(np.concatenate(ranked)) if ranked and top > 0 else []:
         lo, hi = int(b) * block, min(n, (int(b) + 1) * block)
         x = None
-        for j, (Wf, px, covered) in enumerate(prepared):
-            a, z = np.searchsorted(covered, [lo, hi])
-            if not len(Wf) or a == z:
+        for ids, members in groups.items():
+            spans = [(j, *np.searchsorted(covers[j], [lo, hi])) for j in members]
+            spans = [(j, a, z) for j, a, z in spans if a < z]
+            if not spans:
                 continue
             if x is None:
-                x = np.asarray(features[lo:hi])
-            rows = covered[a:z]
-            idx, dist = np.concatenate([best[j][0], rows]), np.concatenate([best[j][1], _eq6(Wf, px, x[rows - lo])])
-            keep = np.argsort(dist, kind="stable")[:top]  # earlier rows first among equals: global stable order
-            best[j] = (idx[keep], dist[keep])
-    return [best[j][0] if len(Wf) else covered[:top] for j, (Wf, _, covered) in enumerate(prepared)]
+                x = np.asarray(features[lo:hi]).reshape(hi - lo, -1)
+            rows = np.unique(np.concatenate([covers[j][a:z] for j, a, z in spans]))
+            proj = x[rows - lo].astype(np.float64) @ _normals(W[list(ids)], unit).T
+            for j, a, z in spans:
+                mine = covers[j][a:z]
+                dist = np.abs(proj[np.searchsorted(rows, mine)] - px[j]).sum(axis=1)
+                idx, dist = np.concatenate([best[j][0], mine]), np.concatenate([best[j][1], dist])
+                keep = np.argsort(dist, kind="stable")[:top]  # earlier rows first among equals: global stable order
+                best[j] = (idx[keep], dist[keep])
+    return [covers[j][:top] if px[j] is None else best[j][0] for j in range(len(covers))]
 
 
 def euclidean_neighbours(features: FeatureArray, x: int, top: int = 4, block: int = 1024) -> np.ndarray:

@@ -5,6 +5,7 @@ score ``Y'`` of the image masked by that map (the same keep-``fraction`` masking
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,17 @@ def eq6_neighbours(spec: RunSpec, store, centres: list[int], top: int = 4) -> di
     most similar to its input by Eq. 6, in one pass over the store's chunks that hold any of them
     (:func:`repint.ranking.covered_neighbours`: one chunk of ψ in memory, never a polytope's whole cover)."""
     polytopes, feats = POLYTOPES.of(), INGEST.of("reference")["features"]
-    inputs, W = store.read(CENTRES.of()["input_index"]), BOUNDARIES.of()["W"]
-    queries = []
-    for v in centres:
-        x = int(inputs[v])
-        covered = np.flatnonzero(store.read(polytopes["covered"], v))
-        ids = store.read(polytopes["boundaries"], v)
-        ids = ids[ids >= 0]
-        queries.append((store.read_rows(W, ids), store.read(feats, x), covered[covered != x]))
-    near = ranking.covered_neighbours(store.view(feats), queries, top, unit=spec.interpretation.unit_normals,
-                                      block=spec.chunk_size)
+    inputs = store.read(CENTRES.of()["input_index"])
+
+    def queries() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for v in centres:
+            x = int(inputs[v])
+            covered = np.flatnonzero(store.read(polytopes["covered"], v))
+            ids = store.read(polytopes["boundaries"], v)
+            yield ids[ids >= 0], store.read(feats, x), covered[covered != x]
+
+    near = ranking.covered_neighbours(store.view(feats), store.read(BOUNDARIES.of()["W"]), queries(), top,
+                                      unit=spec.interpretation.unit_normals, block=spec.chunk_size)
     return dict(zip(centres, near, strict=True))
 
 

@@ -70,29 +70,34 @@ def test_covered_neighbours_by_hand():
     # OTHERS as rows 1, 2, 4, 6 of 7 (rows 0, 3, 5 uncovered and far off); unit: a (row 4), b (2), d (6), c (1)
     feats = np.full((7, 2), 50.0)
     feats[[1, 2, 4, 6]] = OTHERS
-    covered = np.array([1, 2, 4, 6])
+    covered, bank = np.array([1, 2, 4, 6]), np.vstack([np.ones((1, 2)), W])  # W is rows 1, 2 of the bank
     for block in (1, 2, 3, 7, 100):
-        assert [r.tolist() for r in covered_neighbours(feats, [(W, PSI_X, covered)], 3, block=block)] == [[4, 2, 6]]
-        raw = covered_neighbours(feats, [(W, PSI_X, covered), (W[:0], PSI_X, covered), (W, PSI_X, covered[:0])],
-                                 4, unit=False, block=block)
-        # raw: a (4), d (6), b (2), c (1); no boundaries: the cover in order; an empty cover: nothing
-        assert [r.tolist() for r in raw] == [[4, 6, 2, 1], [1, 2, 4, 6], []]
+        assert [r.tolist() for r in covered_neighbours(feats, bank, [([1, 2], PSI_X, covered)], 3, block=block)] \
+            == [[4, 2, 6]]
+        queries = [([1, 2], PSI_X, covered), ([], PSI_X, covered), ([1, 2], PSI_X, covered[:0]),
+                   ([1, 2], feats[1], covered[covered != 1])]
+        raw = covered_neighbours(feats, bank, queries, 4, unit=False, block=block)
+        # raw: a (4), d (6), b (2), c (1); no boundaries: the cover in order; an empty cover: nothing;
+        # from c = (1, 0) over the same polytope (projections shared): (3, 0) -> b 7 + 2, a 4 + 2, d 3 + 3: a and d
+        # tie at 6, the lower row first
+        assert [r.tolist() for r in raw] == [[4, 6, 2, 1], [1, 2, 4, 6], [], [4, 6, 2]]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_covered_neighbours_equals_ranking_the_whole_cover_in_memory(data):
-    """Block by block, each block once for all queries, equals ``rank_similar`` on the whole cover at once;
-    integer features and boundaries (exact in float64, ties everywhere) check the ties go to the lowest row."""
+    """Block by block, each block once for all queries, queries of one polytope sharing their projections,
+    equals ``rank_similar`` on the whole cover at once; integer features and boundaries (exact in float64,
+    ties everywhere) check the ties go to the lowest row."""
     n, d = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 5))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     feats = rng.integers(0, 3, size=(n, d)).astype(np.float32)
+    bank = rng.integers(-2, 3, size=(6, d)).astype(np.float64)
     unit, top, block = data.draw(st.booleans()), data.draw(st.integers(0, 8)), data.draw(st.integers(1, 50))
-    queries = []
-    for _ in range(data.draw(st.integers(1, 4))):
-        W_ = rng.integers(-2, 3, size=(data.draw(st.integers(0, 4)), d)).astype(np.float64)
-        queries.append((W_, feats[rng.integers(n)], np.flatnonzero(rng.random(n) < rng.random())))
-    got = covered_neighbours(feats, queries, top, unit=unit, block=block)
-    for (W_, x, cov), g in zip(queries, got, strict=True):
-        want = cov[rank_similar(W_, x, feats[cov], unit=unit)[:top]] if len(W_) and len(cov) else cov[:top]
+    polytopes = [rng.choice(6, size=rng.integers(0, 5), replace=False) for _ in range(2)]  # queries share these
+    queries = [(polytopes[rng.integers(2)], feats[rng.integers(n)], np.flatnonzero(rng.random(n) < rng.random()))
+               for _ in range(data.draw(st.integers(1, 5)))]
+    got = covered_neighbours(feats, bank, iter(queries), top, unit=unit, block=block)
+    for (ids, x, cov), g in zip(queries, got, strict=True):
+        want = cov[rank_similar(bank[ids], x, feats[cov], unit=unit)[:top]] if len(ids) and len(cov) else cov[:top]
         assert g.tolist() == want.tolist()
