@@ -10,6 +10,7 @@ interpretations (:func:`most_representative`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -60,11 +61,13 @@ def covered_neighbours(features: FeatureArray, W: np.ndarray,
     """For each query ``(ids, psi_x, covered)``: the ``top`` rows of ``covered`` (ascending row indices of
     ``features`` ``[N, ...]``) most similar to ``ψ(x)`` by Eq. 6 over the boundaries ``W[ids]`` (``W``
     ``[Q, ...]``), most similar first, ties to the lowest index; with no boundaries, the first ``top`` of
-    ``covered``. The same rows as ``covered[rank_similar(W[ids], psi_x, features[covered], unit)[:top]]``,
-    but ``features`` is read ``block`` rows at a time, each block once for all queries and only where some
-    query covers a row of it; queries with the same boundaries (centres that share a polytope) share
-    their projections. Memory: one block, and per query its cover, ``|P|`` projections of ``ψ(x)`` and
-    ``top`` candidates, whatever ``N`` and however many rows a polytope covers."""
+    ``covered``. The same rows as ``covered[rank_similar(W[ids], psi_x, features[covered], unit)[:top]]``
+    (where two distances differ by less than their rounding, products of other shapes may order them
+    otherwise, as two BLAS calls may), but ``features`` is read ``block`` rows at a time, each block once
+    for all queries and only where some query covers a row of it; queries with the same boundaries
+    (centres that share a polytope) share their projections. Memory: one block, and per query its cover,
+    ``|P|`` projections of ``ψ(x)`` and ``top`` candidates, whatever ``N`` and however many rows a
+    polytope covers."""
     groups: dict[tuple[int, ...], list[int]] = {}
     px, covers = [], []
     for j, (ids, psi_x, covered) in enumerate(queries):  # ψ(x) is not kept: ``queries`` may be a generator
@@ -113,11 +116,16 @@ def most_representative(n_covered: np.ndarray, n: int) -> list[int]:
     return [int(c) for c in np.argsort(-np.asarray(n_covered), kind="stable")[:n]]
 
 
-def distinct_polytopes(covered: np.ndarray) -> np.ndarray:
+def distinct_polytopes(covered: Iterable[np.ndarray]) -> np.ndarray:
     """Which interpretations are one: ``[V]`` the index of the first interpretation with the same covered
-    set (row of ``covered`` ``[V, N]``); ``len(np.unique(out))`` is the number of distinct polytopes.
-    Centres of one class often share one polytope, so ``|V|`` centres may be fewer interpretations."""
-    covered = np.asarray(covered, dtype=bool)
+    set (row of ``covered`` ``[V, N]``, or the rows one by one: a store's ``polytopes/covered`` need not
+    be read whole); ``len(np.unique(out))`` is the number of distinct polytopes. Centres of one class often
+    share one polytope, so ``|V|`` centres may be fewer interpretations. Sets are told apart by the
+    SHA-256 of their packed bits and size (32 bytes kept per distinct set, not ``N / 8``)."""
     first: dict[bytes, int] = {}
-    return np.array([first.setdefault(np.packbits(row).tobytes() + len(row).to_bytes(8, "little"), v)
-                     for v, row in enumerate(covered)], dtype=np.int64)
+    out = []
+    for v, row in enumerate(covered):
+        row = np.asarray(row, dtype=bool).reshape(-1)
+        key = hashlib.sha256(np.packbits(row).tobytes() + len(row).to_bytes(8, "little")).digest()
+        out.append(first.setdefault(key, v))
+    return np.array(out, dtype=np.int64)

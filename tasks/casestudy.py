@@ -64,8 +64,11 @@ def _maps_and_keep(spec: RunSpec, store, method: str, centre: int, images: np.nd
     return m.shown_maps(load_interpretation(store, method, centre), images, feats, fraction)
 
 
-def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
-    """Draw the case-study figure of ``centre`` into ``path`` and return what it shows."""
+def case_study(spec: RunSpec, store, centre: int, path: Path, eq6: np.ndarray,  # noqa: ANN001
+               top: int = 4) -> dict[str, Any]:
+    """Draw the case-study figure of ``centre`` into ``path`` and return what it shows: its input, ``eq6``
+    (its ``top`` covered reference images most similar by Eq. 6: :func:`eq6_neighbours`) and its ``top``
+    Euclidean neighbours in ψ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +76,7 @@ def case_study(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> d
 
     methods, fraction, ref = spec.evaluation.methods, spec.evaluation.keep_fraction, INGEST.of("reference")
     x = int(store.read(CENTRES.of()["input_index"])[centre])
-    eq6, euc = eq6_neighbours(spec, store, [centre], top)[centre], euclidean_neighbours(store, x, top)
+    euc = euclidean_neighbours(store, x, top)
     shown = np.concatenate([[x], eq6, euc]).astype(int)
     titles = ["input x"] + [f"Eq. 6 #{i + 1}" for i in range(len(eq6))] + [f"Euclid. #{i + 1}" for i in range(len(euc))]
     images = source(spec, "reference").load(shown)

@@ -13,12 +13,13 @@ import torch
 from repint.data import ImageSource, source_from_spec
 from repint.model import SplitModel
 from repint.nets import build_split, resolve_device
+from repint.ranking import distinct_polytopes
 from repint.storage import FeatureStore
-from repint.storage.layout import StageKind
+from repint.storage.layout import POLYTOPES, StageKind
 from repint.tasks.runspec import RunSpec
 from repint.variants import Variant
 
-__all__ = ["build_split", "chunks", "load_split", "logger", "open_store", "source", "unit_key"]
+__all__ = ["build_split", "chunks", "load_split", "logger", "n_distinct_polytopes", "open_store", "source", "unit_key"]
 
 
 def logger() -> logging.Logger:
@@ -28,6 +29,13 @@ def logger() -> logging.Logger:
         return get_run_logger()  # type: ignore[return-value]
     except Exception:
         return logging.getLogger("repint")
+
+
+def n_distinct_polytopes(store: FeatureStore) -> int:
+    """How many distinct covered sets the store's polytopes have, reading ``polytopes/covered`` one
+    interpretation at a time (:func:`repint.ranking.distinct_polytopes`)."""
+    covered = POLYTOPES.of()["covered"]
+    return len(np.unique(distinct_polytopes(store.read(covered, v) for v in range(store.shape(covered)[0]))))
 
 
 def open_store(spec: RunSpec, mode: str = "a") -> FeatureStore:

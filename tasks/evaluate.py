@@ -11,11 +11,19 @@ from prefect import task
 from repint.assignment import assign, fallbacks
 from repint.metrics import AverageDropIncrease, mask_images, softmax
 from repint.model import PSI_MODULE
-from repint.ranking import distinct_polytopes
 from repint.scoring import ScoreSettings, mean_curves, score_images, summarise_scores
 from repint.signs import unpack_signs
 from repint.storage.layout import ASSIGNMENT, BOUNDARIES, CENTRES, EVALUATE, INGEST, POLYTOPES, SIGNS
-from repint.tasks.common import batched_forward, chunks, device, load_split, open_store, source, unit_key
+from repint.tasks.common import (
+    batched_forward,
+    chunks,
+    device,
+    load_split,
+    n_distinct_polytopes,
+    open_store,
+    source,
+    unit_key,
+)
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
 from repint.tasks.stages import retire_label_stage, stage_fingerprint
@@ -165,7 +173,7 @@ def summarise_evaluation(spec: RunSpec, method: Variant) -> dict:
     out = {"mAD": round(s["AD"], 4), "mAI": round(s["AI"], 4), "n": int(s["n"])}
     if method.method().uses_polytope:
         out["covered_unseen"] = int(rec["covered"].sum())
-        out["distinct_polytopes"] = len(np.unique(distinct_polytopes(store.read(POLYTOPES.of()["covered"]))))
+        out["distinct_polytopes"] = n_distinct_polytopes(store)
     store.update_attrs(stage.group, **out)
     ri_covered = store.read(ASSIGNMENT.of()["ri_covered"])
     classes = store.read(INGEST.of("unseen")["predictions"])

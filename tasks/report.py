@@ -12,13 +12,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from repint.heatmaps import display_image
 from repint.methods import get_method
-from repint.ranking import distinct_polytopes
 from repint.results import Results, to_markdown, to_rows
 from repint.scoretable import per_class_markdown, scores_markdown
 from repint.storage import redact_url
 from repint.storage.layout import BOUNDARIES, CENTRES, EVALUATE, INGEST, POLYTOPES
 from repint.tasks.casestudy import case_study, eq6_neighbours, representative_centres
-from repint.tasks.common import open_store, source
+from repint.tasks.common import n_distinct_polytopes, open_store, source
 from repint.tasks.interpret import load_interpretation
 from repint.tasks.runspec import RunSpec
 from repint.variants import Variant
@@ -28,16 +27,17 @@ UNSEEN = INGEST.of("unseen")
 POLYTOPE = POLYTOPES.of()
 CENTRE = CENTRES.of()
 BOUNDARY = BOUNDARIES.of()
+FIGURE_SIMILAR = 4  # similar images in the figures and case studies (Eq. 6; and Euclidean in the case studies)
 
 
-def _figure(spec: RunSpec, store, centre: int, path: Path, top: int = 4) -> dict[str, Any]:  # noqa: ANN001
+def _figure(spec: RunSpec, store, centre: int, path: Path, similar: np.ndarray) -> dict[str, Any]:  # noqa: ANN001
+    """An input, its ``similar`` covered reference images (Eq. 6) and RI's heat maps of them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = int(store.read(CENTRE["input_index"])[centre])
-    similar = eq6_neighbours(spec, store, [centre], top)[centre]
     ids = store.read(POLYTOPE["boundaries"], centre)
     ids = ids[ids >= 0]
     shown = np.concatenate([[x], similar]).astype(int)
@@ -90,7 +90,7 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
         "q_sampling": spec.interpretation.q_sampling,
         "n_boundaries": store.shape(BOUNDARY["b"])[0],
         "n_distinct_boundaries": attrs.get("n_distinct_boundaries"),
-        "n_distinct_polytopes": len(np.unique(distinct_polytopes(store.read(POLYTOPE["covered"])))),
+        "n_distinct_polytopes": n_distinct_polytopes(store),
         "polytopes": {"mean_size": float(size.mean()), "mean_covered": float(n_cov.mean()),
                       "mean_purity": float(np.nanmean(store.read(POLYTOPE["purity"])))},
         "methods": results,
@@ -106,9 +106,11 @@ def write_report(spec: RunSpec, results: dict[str, dict], timings: dict[str, flo
     }
     case = int(spec.evaluation.case_studies)
     chosen = representative_centres(store, case)
-    summary["figures"] = [_figure(spec, store, c, out / f"interpretation-{c}.png") for c in chosen
+    near = eq6_neighbours(spec, store, chosen, FIGURE_SIMILAR)  # one pass over the reference chunks for all
+    summary["figures"] = [_figure(spec, store, c, out / f"interpretation-{c}.png", near[c]) for c in chosen
                           if "RI" in spec.evaluation.methods]
-    summary["case_studies"] = [case_study(spec, store, c, out / f"case-study-{c}.png") for c in chosen]
+    summary["case_studies"] = [case_study(spec, store, c, out / f"case-study-{c}.png", near[c], FIGURE_SIMILAR)
+                               for c in chosen]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     table = Results.from_methods(results, spec.dataset, n_unseen=summary["n_unseen"])
     create_table_artifact(key="repint-ad-ai", table=to_rows(table, "run"), description=f"AD/AI on {spec.dataset}")

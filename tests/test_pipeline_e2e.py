@@ -47,6 +47,25 @@ def test_summary_file_matches_returned_summary(demo_run):
         assert (out / fig["png"]).stat().st_size > 1000
 
 
+def test_figures_show_the_covered_images_most_similar_by_eq6(demo_run):
+    """The report's figures and case studies take their similar images from one chunked pass over the
+    store for all of them: the same images as Eq. 6 ranked over each whole cover in memory."""
+    from repint.ranking import rank_similar
+
+    out, _, store = demo_run
+    on_disk = json.loads((out / "summary.json").read_text())
+    feats = store.read("reference/features")
+    assert on_disk["figures"] and len(on_disk["figures"]) == len(on_disk["case_studies"])
+    for fig, case in zip(on_disk["figures"], on_disk["case_studies"], strict=True):
+        v, x = fig["centre"], fig["input"]
+        cover = np.flatnonzero(store.read("polytopes/covered", v))
+        cover = cover[cover != x]
+        ids = store.read("polytopes/boundaries", v)
+        want = cover[rank_similar(store.read("boundaries/W")[ids[ids >= 0]], feats[x], feats[cover])[:4]]
+        assert len(want) and fig["similar"] == want.tolist()
+        assert case["centre"] == v and case["eq6"] == want.tolist()
+
+
 def test_store_layout_and_stages(demo_run):
     _, summary, store = demo_run
     n, n_u = summary["n_reference"], summary["n_unseen"]

@@ -87,13 +87,14 @@ def test_covered_neighbours_by_hand():
 @given(st.data())
 def test_covered_neighbours_equals_ranking_the_whole_cover_in_memory(data):
     """Block by block, each block once for all queries, queries of one polytope sharing their projections,
-    equals ``rank_similar`` on the whole cover at once; integer features and boundaries (exact in float64,
-    ties everywhere) check the ties go to the lowest row."""
+    equals ``rank_similar`` on the whole cover at once. Raw normals on integer features and boundaries are
+    exact in float64 (ties everywhere: they go to the lowest row); unit normals on continuous features,
+    whose distances are rounded differently by products of other shapes, differ by more than rounding."""
     n, d = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 5))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    feats = rng.integers(0, 3, size=(n, d)).astype(np.float32)
-    bank = rng.integers(-2, 3, size=(6, d)).astype(np.float64)
     unit, top, block = data.draw(st.booleans()), data.draw(st.integers(0, 8)), data.draw(st.integers(1, 50))
+    feats = rng.random((n, d)).astype(np.float32) if unit else rng.integers(0, 3, size=(n, d)).astype(np.float32)
+    bank = rng.normal(size=(6, d)) if unit else rng.integers(-2, 3, size=(6, d)).astype(np.float64)
     polytopes = [rng.choice(6, size=rng.integers(0, 5), replace=False) for _ in range(2)]  # queries share these
     queries = [(polytopes[rng.integers(2)], feats[rng.integers(n)], np.flatnonzero(rng.random(n) < rng.random()))
                for _ in range(data.draw(st.integers(1, 5)))]

@@ -117,6 +117,8 @@ def test_tables_show_every_split_and_direction():
 def test_distinct_polytopes():
     covered = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1], [0, 0, 0], [0, 1, 0]], bool)
     assert distinct_polytopes(covered).tolist() == [0, 1, 0, 3, 1]
+    assert distinct_polytopes(row for row in covered).tolist() == [0, 1, 0, 3, 1]  # rows one by one, as stores give
+    assert distinct_polytopes([[1, 0, 0, 0, 0, 0, 0, 0], [1]]).tolist() == [0, 1]  # equal packed bytes, other sizes
 
 
 def test_road_keep_and_remove_on_a_ramp_by_hand():
