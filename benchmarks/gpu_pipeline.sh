@@ -66,6 +66,10 @@ fi
 export PYTHONUNBUFFERED=1 REPINT_PROGRESS=${REPINT_PROGRESS:-lines}
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L || true
 left=$((LIMIT - (SECONDS - START)))
+if [ "$left" -lt 30 ]; then  # `timeout 0` would not limit the run at all
+  echo "[gpu-pipeline] setup took $((SECONDS - START)) s of the $LIMIT s limit (GPU_PIPELINE_LIMIT): no time left to run"
+  exit 124
+fi
 echo "[gpu-pipeline] setup took $((SECONDS - START)) s; the run may take $left s more"
 out=()
 if [ -n "${OUT:-}" ]; then

@@ -18,7 +18,7 @@ interpretation), :math:`\arg\min_i \lVert ψ(x_i) - c_v \rVert^2` (ties: lowest 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,9 @@ __all__ = ["EPOCHS", "EXACT_MAX_BYTES", "KMEANS", "Centres", "assign_nearest", "
            "kmeans_centres", "nearest_pass", "squared_distances", "streaming_kmeans"]
 
 KMEANS = ("auto", "exact", "minibatch", "dask")  #: ``interpretation.kmeans`` (auto: :func:`choose_kmeans`)
-EXACT_MAX_BYTES = 1 << 30  #: float32 reference features up to which ``auto`` fits exact k-means in memory
+#: float32 reference features up to which ``auto`` fits exact k-means in memory; that fit holds them, a float64
+#: copy and the ``[V, N]`` float64 distances of :func:`assign_nearest`: a few times this, whatever N
+EXACT_MAX_BYTES = 1 << 30
 EPOCHS = 3  #: minibatch: passes over the reference chunks
 INIT_FACTOR = 3  #: minibatch: k-means++ initialises on ``INIT_FACTOR x k`` rows (at least one chunk)
 DASK_MAX_ITER = 30  #: dask: Lloyd iterations at most (each reads every chunk once)
@@ -85,8 +87,10 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 def nearest_pass(read: ChunkReader, n: int, centres: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
     """One pass over the chunks: ``labels`` ``[N]`` (nearest centre of each row), ``input_index`` ``[V]``
     (nearest row of each centre, ties to the lowest index) and the number of all-zero rows; distances
-    in float64 (:func:`squared_distances`), one chunk at a time."""
-    return _merge_nearest((_block_nearest(read(lo, hi), centres) for lo, hi in _chunks(n, chunk)), len(centres))
+    in float64 (:func:`squared_distances`), one chunk at a time. Distances equal within float64 rounding
+    may be ordered otherwise with another chunk size (BLAS rounds products of other shapes otherwise)."""
+    c64 = np.asarray(centres, dtype=np.float64).reshape(len(centres), -1)  # once, not once per chunk
+    return _merge_nearest((_block_nearest(read(lo, hi), c64) for lo, hi in _chunks(n, chunk)), len(centres))
 
 
 def _block_nearest(block: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -163,21 +167,32 @@ def dask_kmeans(x: Any, n_clusters: int, seed: int = 0, max_iter: int = DASK_MAX
     rows) on the active distributed client; labels and inputs from one more pass on the cluster."""
     import dask
     from dask_ml.cluster import KMeans
+    from distributed import get_client
 
     n = x.shape[0]
     k = min(n_clusters, n)
     km = KMeans(n_clusters=k, random_state=seed, max_iter=max_iter, init_max_iter=2).fit(x)
     centres = np.asarray(km.cluster_centers_, dtype=np.float32)
-    parts = [dask.delayed(_block_nearest)(b, centres) for b in x.to_delayed().ravel()]
-    labels, index, zero = _merge_nearest(list(dask.compute(*parts)), k)
+    shared = dask.delayed(centres)  # one key: sent to each worker once, not embedded in every block's task
+    futures = get_client().compute([dask.delayed(_block_nearest)(b, shared) for b in x.to_delayed().ravel()])
+    labels, index, zero = _merge_nearest(_in_order(futures), k)
     return Centres(centres=centres, labels=labels, input_index=index, algorithm="dask", zero_rows=zero,
                    fit={"n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "max_iter": max_iter})
+
+
+def _in_order(futures: list[Any]) -> Iterator[Any]:
+    """Each future's result in the order given, each released once taken: the client holds the results
+    not yet merged, not all of them."""
+    for i, f in enumerate(futures):
+        yield f.result()
+        f.release()
+        futures[i] = None
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``[len(a), len(b)]`` squared Euclidean distances between flattened rows, in float64."""
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # no copy of what is float64
     return (a64 ** 2).sum(1)[:, None] - 2 * a64 @ b64.T + (b64 ** 2).sum(1)[None, :]
 
 

@@ -69,17 +69,17 @@ def covered_neighbours(features: FeatureArray, W: np.ndarray,
     ``|P|`` projections of ``ψ(x)`` and ``top`` candidates, whatever ``N`` and however many rows a
     polytope covers."""
     groups: dict[tuple[int, ...], list[int]] = {}
-    px, covers = [], []
+    px, covers, blocks = [], [], [np.zeros(0, np.int64)]
     for j, (ids, psi_x, covered) in enumerate(queries):  # ψ(x) is not kept: ``queries`` may be a generator
         ids = tuple(int(i) for i in np.asarray(ids).reshape(-1))
         px.append(_normals(W[list(ids)], unit) @ np.asarray(psi_x, np.float64).reshape(-1) if ids else None)
         covers.append(np.asarray(covered, np.int64))
         if ids and len(covers[j]):
             groups.setdefault(ids, []).append(j)
+            blocks.append(np.unique(covers[j] // block))
     best = [(c[:0], np.zeros(0)) for c in covers]
     n = features.shape[0]
-    ranked = [covers[j] // block for members in groups.values() for j in members]
-    for b in np.unique(np.concatenate(ranked)) if ranked and top > 0 else []:
+    for b in np.unique(np.concatenate(blocks)) if top > 0 else []:
         lo, hi = int(b) * block, min(n, (int(b) + 1) * block)
         x = None
         for ids, members in groups.items():
@@ -87,10 +87,10 @@ def covered_neighbours(features: FeatureArray, W: np.ndarray,
             spans = [(j, a, z) for j, a, z in spans if a < z]
             if not spans:
                 continue
-            if x is None:
-                x = np.asarray(features[lo:hi]).reshape(hi - lo, -1)
+            if x is None:  # the block in float64 once, for every polytope that covers a row of it
+                x = np.asarray(features[lo:hi], dtype=np.float64).reshape(hi - lo, -1)
             rows = np.unique(np.concatenate([covers[j][a:z] for j, a, z in spans]))
-            proj = x[rows - lo].astype(np.float64) @ _normals(W[list(ids)], unit).T
+            proj = x[rows - lo] @ _normals(W[list(ids)], unit).T
             for j, a, z in spans:
                 mine = covers[j][a:z]
                 dist = np.abs(proj[np.searchsorted(rows, mine)] - px[j]).sum(axis=1)

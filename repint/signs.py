@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack_signs", "sign_bits", "sign_matrix", "unpack_signs"]
+__all__ = ["pack_signs", "packed_columns", "select_signs", "sign_bits", "sign_matrix", "unpack_signs"]
 
 
 def sign_matrix(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -27,6 +27,21 @@ def pack_signs(signs: np.ndarray) -> np.ndarray:
 def unpack_signs(packed: np.ndarray, n_boundaries: int) -> np.ndarray:
     """Inverse of :func:`pack_signs`."""
     return np.unpackbits(packed, axis=1, count=n_boundaries, bitorder="little").astype(bool)
+
+
+def packed_columns(cols: np.ndarray) -> np.ndarray:
+    """The byte columns of a packed sign matrix that hold the boundary columns ``cols``, ascending."""
+    return np.unique(np.asarray(cols, dtype=np.int64) // 8)
+
+
+def select_signs(packed: np.ndarray, byte_cols: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Boolean ``[n, len(cols)]``: boundary columns ``cols`` of a packed sign matrix of which ``packed``
+    ``[n, len(byte_cols)]`` holds only the byte columns ``byte_cols`` (:func:`packed_columns`): bit
+    ``j`` is bit ``j % 8`` of byte ``j // 8`` (little bit order). Equal to
+    ``unpack_signs(whole, M)[:, cols]`` without unpacking the other columns."""
+    cols = np.asarray(cols, dtype=np.int64)
+    at = np.searchsorted(byte_cols, cols // 8)
+    return ((packed[:, at] >> (cols % 8).astype(np.uint8)) & 1).astype(bool)
 
 
 def sign_bits(features: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:

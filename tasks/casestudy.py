@@ -37,16 +37,17 @@ def eq6_neighbours(spec: RunSpec, store, centres: list[int], top: int = 4) -> di
     (:func:`repint.ranking.covered_neighbours`: one chunk of ψ in memory, never a polytope's whole cover)."""
     polytopes, feats = POLYTOPES.of(), INGEST.of("reference")["features"]
     inputs = store.read(CENTRES.of()["input_index"])
+    chosen = {v: ids[ids >= 0] for v in centres for ids in [store.read(polytopes["boundaries"], v)]}
+    used = np.unique(np.concatenate([np.zeros(0, np.int64), *chosen.values()]))  # W at these rows only
 
     def queries() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for v in centres:
             x = int(inputs[v])
             covered = np.flatnonzero(store.read(polytopes["covered"], v))
-            ids = store.read(polytopes["boundaries"], v)
-            yield ids[ids >= 0], store.read(feats, x), covered[covered != x]
+            yield np.searchsorted(used, chosen[v]), store.read(feats, x), covered[covered != x]
 
-    near = ranking.covered_neighbours(store.view(feats), store.read(BOUNDARIES.of()["W"]), queries(), top,
-                                      unit=spec.interpretation.unit_normals, block=spec.chunk_size)
+    near = ranking.covered_neighbours(store.view(feats), store.read_rows(BOUNDARIES.of()["W"], used), queries(),
+                                      top, unit=spec.interpretation.unit_normals, block=spec.chunk_size)
     return dict(zip(centres, near, strict=True))
 
 

@@ -9,7 +9,7 @@ from repint.methods import InterpretationInput
 from repint.model import PSI_MODULE
 from repint.storage import FeatureStore
 from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, INTERPRET, POLYTOPES
-from repint.tasks.common import load_split, open_store, source, unit_key
+from repint.tasks.common import chunks, load_split, open_store, source, unit_key
 from repint.tasks.runspec import RunSpec
 from repint.tasks.stages import retire_label_stage, stage_fingerprint
 from repint.variants import Variant
@@ -47,8 +47,13 @@ def cluster_images(spec: RunSpec, store: FeatureStore, centre: int) -> tuple[np.
     n_max, centres = spec.evaluation.ace_images, CENTRES.of()
     labels = store.read(centres["labels"])
     members = np.flatnonzero(labels == centre)
-    feats = store.read_rows(INGEST.of("reference")["features"], members)
-    d = np.linalg.norm(feats.reshape(len(members), -1) - store.read(centres["vectors"], centre), axis=1)
+    feats, vector = INGEST.of("reference")["features"], store.read(centres["vectors"], centre)
+    d = np.zeros(len(members))
+    for lo, hi in chunks(len(labels), spec.chunk_size):  # the cluster's rows chunk by chunk, each chunk once
+        a, z = np.searchsorted(members, [lo, hi])
+        if a < z:
+            rows = store.read(feats, slice(lo, hi))[members[a:z] - lo]
+            d[a:z] = np.linalg.norm(rows.reshape(z - a, -1) - vector, axis=1)
     chosen = np.sort(members[np.argsort(d, kind="stable")[:n_max]])
     rng = np.random.default_rng([spec.interpretation.seed, 0xACE])
     rand = np.sort(rng.choice(len(labels), size=min(n_max, len(labels)), replace=False))

@@ -12,7 +12,7 @@ import numpy as np
 from prefect import task
 
 from repint.boundaries import boundary_columns
-from repint.signs import unpack_signs
+from repint.signs import packed_columns, select_signs
 from repint.solver import get_solver, solvers
 from repint.storage.layout import BOUNDARIES, CENTRES, INGEST, POLYTOPES, SIGNS
 from repint.tasks.common import _libc, open_store, unit_key
@@ -60,16 +60,19 @@ def solver_params(spec: RunSpec) -> tuple[str, ...]:
 
 
 def pending_solve_work(spec: RunSpec) -> int:
-    """How much solving the interpret stage has left, before it is prepared: pending centres x reference
-    images (one solve costs about that many popcount steps); 0 when the stage is complete. The centres
-    of a stage that was begun count from its completion records (a stage that ``prepare-polytopes``
-    resets, for other inputs, counts them all)."""
+    """How much solving the interpret stage has left, before it is prepared (the boundaries complete):
+    pending centres x reference images (one solve costs about that many popcount steps); 0 when the
+    stage is complete for these inputs. The centres of a stage begun for these inputs count from its
+    completion records; a stage of other inputs, which ``prepare-polytopes`` resets, counts them all."""
     store, stage = open_store(spec, mode="r"), POLYTOPES.of()
-    if store.root.attrs.get("stages", {}).get(stage.name, {}).get("complete"):
+    fp = stage_fingerprint(store, stage, *solver_params(spec))
+    if store.stage_complete(stage.name, fp):
         return 0
     v = store.shape(CENTRES.of()["input_index"])[0]
     done_path = f"_done/{stage.name}"
-    pending = len(store.pending_units(stage.name)) if done_path in store and store.shape(done_path) == (v,) else v
+    begun = store.root.attrs.get("stages", {}).get(stage.name, {}).get("fingerprint") == fp
+    pending = len(store.pending_units(stage.name)) if begun and done_path in store and \
+        store.shape(done_path) == (v,) else v
     return pending * store.shape(INGEST.of("reference")["predictions"])[0]
 
 
@@ -96,7 +99,8 @@ def solve_centre(spec: RunSpec, centre: int) -> dict:
     owner = store.read(BOUNDARIES.of()["owner"])
     cols = boundary_columns(owner, centre)
     with solver_heap():
-        signs = unpack_signs(store.read(SIGNS.of("reference")[""]), len(owner))[:, cols]
+        byte_cols = packed_columns(cols)  # only the bytes of this centre's Q: boundary-search has V x q columns
+        signs = select_signs(store.read(SIGNS.of("reference")[""], (slice(None), byte_cols)), byte_cols, cols)
         preds = store.read(ref["predictions"])
         x = int(store.read(CENTRES.of()["input_index"])[centre])
         p = get_solver(spec.interpretation.solver)(signs, x, preds != preds[x])

@@ -92,6 +92,41 @@ def test_parallel_writers_write_the_store_one_writer_writes(arrays, tmp_path):
     assert lanes1.written >= N // CHUNK and lanes4.written >= N // CHUNK
 
 
+def test_lanes_let_as_many_writes_run_at_once_as_writers_and_no_more():
+    """Two lanes: two chunks write at once (both taken while neither is given back), a third waits until
+    one is given back; the forward pass is one chunk at a time."""
+    import threading
+
+    from repint.tasks.ingest import IngestLanes
+
+    lanes, took, go = IngestLanes(2), [], threading.Event()
+
+    def write(i: int) -> None:
+        lanes.take_writer()
+        took.append(i)
+        go.wait(10)
+        lanes.release_writer(True)
+
+    first = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in first:
+        t.start()
+    for _ in range(200):
+        if len(took) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert sorted(took) == [0, 1] and lanes.busy == lanes.peak == 2  # both lanes busy at once
+    third = threading.Thread(target=write, args=(2,))
+    third.start()
+    third.join(0.3)
+    assert took == took[:2] and len(took) == 2  # the third waits for a lane
+    go.set()
+    for t in [*first, third]:
+        t.join(10)
+    assert sorted(took) == [0, 1, 2] and lanes.busy == 0 and lanes.peak == 2 and lanes.written == 3
+    with lanes.forward():
+        assert not lanes._device.acquire(blocking=False)  # one forward pass at a time
+
+
 def test_a_failed_write_fails_its_chunk_and_frees_its_lane(arrays, tmp_path):
     from repint.tasks.ingest import ingest_chunk, ingest_lanes, prepare_ingest
     from repint.tasks.stages import finish_stage

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from repint.centres import (
+    EPOCHS,
     EXACT_MAX_BYTES,
     KMEANS,
     assign_nearest,
@@ -94,11 +95,22 @@ def test_streaming_equals_exact_on_separated_clusters():
         assert np.abs(np.sort(exact.centres, axis=0) - np.sort(s.centres, axis=0)).max() < 0.5, order
 
 
-def test_streaming_is_seeded_and_chunk_order_independent_of_memory():
+def test_streaming_is_seeded_and_reads_each_chunk_at_most_epochs_plus_two_times():
+    """The same seed gives the same fit; every chunk is read once per epoch, once for the labels and at
+    most once for the k-means++ sample (``fit["passes"]``), one chunk at a time."""
     x, _ = _blobs(n_per=40, k=5)
-    a = streaming_kmeans(lambda lo, hi: x[lo:hi], len(x), 5, 16, seed=3)
-    b = streaming_kmeans(lambda lo, hi: x[lo:hi].copy(), len(x), 5, 16, seed=3)
+    reads: list[tuple[int, int]] = []
+
+    def read(lo: int, hi: int) -> np.ndarray:
+        reads.append((lo, hi))
+        return x[lo:hi].copy()
+
+    a = streaming_kmeans(read, len(x), 5, 16, seed=3)
+    b = streaming_kmeans(lambda lo, hi: x[lo:hi], len(x), 5, 16, seed=3)
     assert np.array_equal(a.centres, b.centres) and np.array_equal(a.input_index, b.input_index)
+    spans = {(lo, min(lo + 16, len(x))) for lo in range(0, len(x), 16)}
+    assert set(reads) == spans and a.fit["passes"] == EPOCHS + 2
+    assert all(EPOCHS + 1 <= reads.count(s) <= EPOCHS + 2 for s in spans)
 
 
 def test_streaming_more_centres_than_a_chunk():

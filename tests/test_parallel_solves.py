@@ -117,6 +117,9 @@ def test_threads_runs_solve_a_large_stage_on_a_process_pool_and_resume(prefect_h
     assert solve_runner(spec, threads) is None  # a small stage stays on the flow's threads
     _partial(spec, range(3))
     assert pending_solve_work(spec) == (V - 3) * N
+    # another solver is other inputs: prepare-polytopes will reset the 3 solved centres, so all count
+    other = spec.model_copy(update={"interpretation": spec.interpretation.model_copy(update={"solver": "authors"})})
+    assert pending_solve_work(other) == V * N
     one = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"n_workers": 1})})
     assert solve_runner(one, threads, min_work=0) is None  # one process would only add its start
     pool = solve_runner(spec, threads, min_work=0)
@@ -126,4 +129,4 @@ def test_threads_runs_solve_a_large_stage_on_a_process_pool_and_resume(prefect_h
     assert _solve_runs(run_id) == sorted(f"solve-centre-{v}" for v in range(3, V))
     assert sorted(r["centre"] for r in results) == list(range(3, V))
     _assert_equal(spec, one_by_one)
-    assert pending_solve_work(spec) == 0
+    assert pending_solve_work(spec) == 0 and pending_solve_work(other) == V * N  # complete for other inputs

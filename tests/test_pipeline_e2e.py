@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_run(prefect_harness, repint_cache, tmp_path_factory):
+def demo_spec_run(prefect_harness, repint_cache, tmp_path_factory):
     from repint.flows import pipeline
     from repint.flows.spec import build_spec
 
@@ -27,7 +27,12 @@ def demo_run(prefect_harness, repint_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     spec = build_spec(cfg, out)
     summary = pipeline(spec)
-    return out, summary, FeatureStore(str(out / "store.zarr"), mode="r")
+    return out, summary, FeatureStore(str(out / "store.zarr"), mode="r"), spec
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_spec_run):
+    return demo_spec_run[:3]
 
 
 def test_summary_file_matches_returned_summary(demo_run):
@@ -210,3 +215,20 @@ def test_boundary_search_variant(prefect_harness, repint_cache, tmp_path):
         chosen = ids[c][ids[c] >= 0]
         assert (owner[chosen] == c).all()
     assert set(summary["methods"]) == {"RI", "Grad-CAM"}
+
+
+def test_ace_discovery_images_are_the_cluster_members_nearest_its_centre(demo_spec_run):
+    """ACE's discovery images, read chunk by chunk (a cluster's ψ never whole): the members of the
+    centre's k-means cluster nearest the centre, as computed on the whole array in memory."""
+    from repint.tasks.common import source
+    from repint.tasks.interpret import cluster_images
+
+    _, _, store, spec = demo_spec_run
+    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"ace_images": 3})})
+    feats, labels = store.read("reference/features"), store.read("centres/labels")
+    for v in range(4):
+        members = np.flatnonzero(labels == v)
+        d = np.linalg.norm(feats[members].reshape(len(members), -1) - store.read("centres/vectors", v), axis=1)
+        want = np.sort(members[np.argsort(d, kind="stable")[:3]])
+        got, _ = cluster_images(spec, store, v)
+        assert len(members) > 3 and np.array_equal(got, source(spec, "reference").load(want))

@@ -94,6 +94,10 @@ def test_a_tiny_scale_run_reports_every_stage_with_its_time_and_peak_rss(tmp_pat
     assert all(s["seconds"] > 0 and s["peak_rss_mib"] > 0 for s in run["stages"])
     assert run["peak_rss_mib"] == max(s["peak_rss_mib"] for s in run["stages"]) > 0
     assert run["max_processes"] >= 4  # the run, its Prefect server, two Dask workers
+    # the run's own process: the largest (torch, the stages' orchestration), below the tree's peak
+    from repint.app.bench.pipeline import run_process_hwm_mib
+
+    assert 200 < run_process_hwm_mib(run) < run["peak_rss_mib"]
     assert set(run["flow_seconds"]) == {"ingest", "centres", "boundaries", "interpret", "evaluate"}
     assert sum(s["seconds"] for s in run["stages"]) == pytest.approx(run["seconds"], abs=0.1)
     assert "| signs |" in proc.stdout and "| **whole run** |" in proc.stdout
@@ -102,10 +106,6 @@ def test_a_tiny_scale_run_reports_every_stage_with_its_time_and_peak_rss(tmp_pat
 
 @pytest.mark.slow
 def test_the_kmeans_line_fits_on_a_dask_cluster_and_in_memory(tmp_path):
-    pytest.importorskip("dask_ml")
-    centres = pytest.importorskip("repint.centres")
-    if not hasattr(centres, "dask_kmeans"):
-        pytest.skip("repint.centres.dask_kmeans (issue 17's chunked k-means) is not there yet")
     import zarr
 
     from repint.app.bench.kmeans import bench_kmeans, synthetic_features

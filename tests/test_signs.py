@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from repint.signs import pack_signs, sign_bits, sign_matrix, unpack_signs
+from repint.signs import pack_signs, packed_columns, select_signs, sign_bits, sign_matrix, unpack_signs
 
 # Two boundaries in R^2:  h0: u1 + 2 u2 - 1,   h1: -u1 + 0.5
 W = np.array([[1.0, 2.0], [-1.0, 0.0]], dtype=np.float32)
@@ -47,6 +47,10 @@ def test_packing_bit_order_is_little():
     assert packed.dtype == np.uint8
     assert packed.tolist() == [[1, 3], [138, 0]]
     assert unpack_signs(packed, 10).tolist() == signs.tolist()
+    # columns 9, 1, 3 of the bytes that hold them only: byte 0 (bits 1, 3) and byte 1 (bit 9)
+    assert packed_columns(np.array([9, 1, 3])).tolist() == [0, 1]
+    assert select_signs(packed, np.array([0, 1]), np.array([9, 1, 3])).tolist() == [[True, False, False],
+                                                                                    [False, True, True]]
 
 
 def test_sign_bits_is_packed_sign_matrix():
@@ -62,3 +66,16 @@ def test_pack_unpack_roundtrip(signs):
     out = unpack_signs(packed, signs.shape[1])
     assert out.dtype == bool
     assert np.array_equal(out, signs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_select_signs_is_unpacking_and_taking_the_columns(data):
+    """A solve reads only the bytes of its centre's boundaries (boundary-search: V x q columns, one
+    centre's q of them): the same bits as unpacking everything and taking those columns."""
+    n, m = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 70))
+    signs = data.draw(arrays(bool, (n, m)))
+    cols = np.array(data.draw(st.lists(st.integers(0, m - 1), unique=True)), dtype=np.int64)
+    byte_cols = packed_columns(cols)
+    got = select_signs(pack_signs(signs)[:, byte_cols], byte_cols, cols)
+    assert got.shape == (n, len(cols)) and np.array_equal(got, unpack_signs(pack_signs(signs), m)[:, cols])

@@ -364,8 +364,19 @@ def bench_pipeline_memory(n: int, factor: int = 10, max_ratio: float = 1.2, n_un
             runs[-1]["class_shares"] = inputs["reference"]["class_shares"]
     small, big = runs[0]["peak_rss_mib"], runs[1]["peak_rss_mib"]
     ratio = big / max(small, 1e-9)
+    # the tree's peak is mostly imports (torch in the run and each worker): the run's own process too, so
+    # that growth in the process that orchestrates every stage cannot hide under that floor
+    own = [run_process_hwm_mib(r) for r in runs]
+    own_ratio = own[1] / max(own[0], 1e-9)
     return result(f"whole pipeline memory: peak RSS of `repint run` (process tree) at {factor * n:,} vs {n:,} "
                   f"images, ψ {'x'.join(map(str, SCALE_PSI))}", ratio,
-                  f"<= {max_ratio:g}x (within {100 * (max_ratio - 1):.0f}%)", ratio <= max_ratio,
-                  f"{big:,.0f} MiB", f"{small:,.0f} MiB", kmeans=kmeans or "config default", n_unseen=n_unseen,
+                  f"<= {max_ratio:g}x (within {100 * (max_ratio - 1):.0f}%), the run's own process too",
+                  ratio <= max_ratio and own_ratio <= max_ratio,
+                  f"{big:,.0f} MiB (run's process {own[1]:,.0f})", f"{small:,.0f} MiB (run's process {own[0]:,.0f})",
+                  run_process_ratio=own_ratio, kmeans=kmeans or "config default", n_unseen=n_unseen,
                   interpretations_per_class=per_class, runs=runs)
+
+
+def run_process_hwm_mib(run: dict[str, Any]) -> float:
+    """The high-water mark of the ``repint run`` process itself in a :func:`run_pipeline` record."""
+    return max((p["hwm_mib"] for p in run["process_hwm_mib"] if "repint.app.cli" in p["process"]), default=0.0)
