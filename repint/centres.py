@@ -8,8 +8,8 @@ Three fits of the same objective, :math:`\min_{c} \sum_i \min_v \lVert ψ(x_i) -
 - ``minibatch``: scikit-learn's ``MiniBatchKMeans.partial_fit`` over chunks read from the store
   (Sculley 2010): k-means++ on a spread sample of ``INIT_FACTOR x k`` rows, then :data:`EPOCHS`
   passes over the chunks in a seeded random order; memory is one chunk plus the centres.
-- ``dask``: dask-ml's ``KMeans`` (k-means|| init, Lloyd) over a Dask array of the store's chunks on a
-  Dask cluster, the data never in one process.
+- ``dask``: on a Dask cluster: dask-ml's k-means|| initialisation, then Lloyd steps whose tasks read
+  the store's chunks one at a time (:func:`dask_kmeans`): no process holds more than a chunk of ψ.
 
 After every fit one more pass over the chunks gives each image's cluster (``labels``) and, in the
 same pass, each centre's nearest reference image (``input_index``: the input of that
@@ -34,6 +34,9 @@ EXACT_MAX_BYTES = 1 << 30
 EPOCHS = 3  #: minibatch: passes over the reference chunks
 INIT_FACTOR = 3  #: minibatch: k-means++ initialises on ``INIT_FACTOR x k`` rows (at least one chunk)
 DASK_MAX_ITER = 30  #: dask: Lloyd iterations at most (each reads every chunk once)
+DASK_TOL = 1e-4  #: dask: stop when the centres moved less than this (sum of squares: dask-ml's rule)
+DASK_INIT_ROUNDS = 2  #: dask: k-means|| rounds of the initialisation (each reads every chunk)
+DASK_TASKS_PER_WORKER = 2  #: dask: tasks per worker in each Lloyd step, each over a run of chunks
 
 #: ``read(lo, hi)``: reference rows ``[lo, hi)`` flattened, float32 ``[hi - lo, D]``
 ChunkReader = Callable[[int, int], np.ndarray]
@@ -162,22 +165,72 @@ def _batches(spans: list[tuple[int, int]], order: np.ndarray, k: int) -> list[li
     return groups
 
 
-def dask_kmeans(x: Any, n_clusters: int, seed: int = 0, max_iter: int = DASK_MAX_ITER) -> Centres:
-    """dask-ml's ``KMeans`` (k-means|| init) over the Dask array ``x`` ``[N, D]`` (float32, chunked by
-    rows) on the active distributed client; labels and inputs from one more pass on the cluster."""
+def dask_kmeans(read: ChunkReader, n: int, d: int, n_clusters: int, chunk: int, seed: int = 0,
+                max_iter: int = DASK_MAX_ITER, tol: float = DASK_TOL) -> Centres:
+    """k-means on the active distributed client over the ``n`` rows of ``d`` values that ``read`` (picklable:
+    it runs on the workers) returns chunk by chunk: dask-ml's k-means|| initialisation (``k_init``, over a
+    Dask array of the chunks, each pass reading every chunk once), then at most ``max_iter`` Lloyd steps
+    (dask-ml's: stop when the centres move less than ``tol``, squared), each a few tasks per worker that read
+    their run of chunks one at a time and return per-centre sums and counts, added on the client in task
+    order (the same centres every run). dask-ml's own ``KMeans`` uses a chunk twice in one graph (the labels,
+    then the sums), so its workers held most of ψ at once (17 GB at 200,000 images of ψ 512x7x7 on a
+    2-worker cluster); here a worker holds one chunk, ``k`` sums and the centres. An empty cluster keeps
+    its centre. Labels and inputs from one more such pass."""
     import dask
-    from dask_ml.cluster import KMeans
+    import dask.array as da
+    from dask_ml.cluster.k_means import k_init
     from distributed import get_client
 
-    n = x.shape[0]
-    k = min(n_clusters, n)
-    km = KMeans(n_clusters=k, random_state=seed, max_iter=max_iter, init_max_iter=2).fit(x)
-    centres = np.asarray(km.cluster_centers_, dtype=np.float32)
-    shared = dask.delayed(centres)  # one key: sent to each worker once, not embedded in every block's task
-    futures = get_client().compute([dask.delayed(_block_nearest)(b, shared) for b in x.to_delayed().ravel()])
-    labels, index, zero = _merge_nearest(_in_order(futures), k)
+    k, client = min(n_clusters, n), get_client()
+    spans = _chunks(n, chunk)
+    x = da.concatenate([da.from_delayed(dask.delayed(read)(lo, hi), shape=(hi - lo, d), dtype=np.float32)
+                        for lo, hi in spans])
+    centres = np.asarray(k_init(x, k, init="k-means||", random_state=seed, max_iter=DASK_INIT_ROUNDS),
+                         dtype=np.float32)
+    runs = np.array_split(np.arange(len(spans)), min(len(spans), DASK_TASKS_PER_WORKER * max(
+        1, len(client.scheduler_info()["workers"]))))
+    steps = 0
+    while steps < max_iter:
+        steps += 1
+        shared = client.scatter(centres, broadcast=True)
+        sums, counts, inertia = np.zeros((k, d)), np.zeros(k), 0.0
+        for part_sums, part_counts, part_inertia in _in_order(
+                [client.submit(_lloyd_sums, read, [spans[j] for j in r], shared, pure=False) for r in runs]):
+            sums, counts, inertia = sums + part_sums, counts + part_counts, inertia + part_inertia
+        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres).astype(np.float32)
+        shift, centres = float(((moved.astype(np.float64) - centres) ** 2).sum()), moved
+        if shift < tol:
+            break
+    shared = client.scatter(centres, broadcast=True)
+    labels, index, zero = _merge_nearest(_in_order([client.submit(_read_nearest, read, lo, hi, shared, pure=False)
+                                                    for lo, hi in spans]), k)
     return Centres(centres=centres, labels=labels, input_index=index, algorithm="dask", zero_rows=zero,
-                   fit={"n_iter": int(km.n_iter_), "inertia": float(km.inertia_), "max_iter": max_iter})
+                   fit={"n_iter": steps, "inertia": inertia, "max_iter": max_iter, "init": "k-means||",
+                        "passes": f"{DASK_INIT_ROUNDS} init rounds + {steps + 1}", "tasks_per_pass": len(runs)})
+
+
+def _lloyd_sums(read: ChunkReader, spans: list[tuple[int, int]], centres: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+    """One Lloyd step's share of ``spans`` (read one at a time): per centre the float64 sum and count of
+    the rows nearest it, and their squared distances summed (the inertia before the step)."""
+    k, d = centres.shape
+    sums, counts, inertia = np.zeros((k, d)), np.zeros(k), 0.0
+    c64 = np.asarray(centres, dtype=np.float64)
+    for lo, hi in spans:
+        x = np.asarray(read(lo, hi), dtype=np.float32).reshape(hi - lo, -1)
+        dist = squared_distances(x, c64)
+        nearest = np.argmin(dist, axis=1)
+        order = np.argsort(nearest, kind="stable")  # rows by centre, summed run by run (O(rows x d))
+        owners, starts = np.unique(nearest[order], return_index=True)
+        sums[owners] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+        counts += np.bincount(nearest, minlength=k)
+        inertia += float(dist[np.arange(len(x)), nearest].sum())
+    return sums, counts, inertia
+
+
+def _read_nearest(read: ChunkReader, lo: int, hi: int, centres: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    return _block_nearest(read(lo, hi), centres)
 
 
 def _in_order(futures: list[Any]) -> Iterator[Any]:

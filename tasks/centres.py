@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from prefect import task
 from repint.centres import Centres, choose_kmeans, dask_kmeans, kmeans_centres, streaming_kmeans
 from repint.storage import FeatureStore
 from repint.storage.layout import CENTRES, INGEST
-from repint.tasks.common import chunks, logger, open_store
+from repint.tasks.common import logger, open_store
 from repint.tasks.runspec import RunSpec
 from repint.tasks.stages import stage_fingerprint
 
@@ -82,23 +83,13 @@ def _fit(spec: RunSpec, store: FeatureStore, algorithm: str, k: int) -> Centres:
     if algorithm == "minibatch":
         return streaming_kmeans(read, n, k, chunk, seed=seed)
     with _client(spec):
-        return dask_kmeans(_dask_features(spec, store.shape(path), chunk), k, seed=seed)
+        return dask_kmeans(functools.partial(_read_flat, spec), n, int(np.prod(store.shape(path)[1:])), k, chunk,
+                           seed=seed)
 
 
 def _read_flat(spec: RunSpec, lo: int, hi: int) -> np.ndarray:
     """Reference rows ``[lo, hi)`` of ψ, flattened (run on a Dask worker, which opens the store itself)."""
     return open_store(spec, mode="r").read(INGEST.of("reference")["features"], slice(lo, hi)).reshape(hi - lo, -1)
-
-
-def _dask_features(spec: RunSpec, shape: tuple[int, ...], chunk: int) -> Any:
-    """``reference/features`` (of ``shape``) as a Dask array ``[N, D]`` of one block per chunk, read by the
-    workers."""
-    import dask
-    import dask.array as da
-
-    n, d = shape[0], int(np.prod(shape[1:]))
-    return da.concatenate([da.from_delayed(dask.delayed(_read_flat)(spec, lo, hi), shape=(hi - lo, d),
-                                           dtype=np.float32) for lo, hi in chunks(n, chunk)])
 
 
 @contextmanager

@@ -131,12 +131,17 @@ def dask_client():
 
 
 def test_dask_kmeans_on_a_cluster(dask_client):
-    import dask.array as da
-
+    """k-means|| then Lloyd steps whose tasks read runs of chunks: the clusters found, each centre the
+    mean of its rows (Lloyd's fixed point: sums and counts added right across tasks), labels and inputs
+    the float64 nearest ones, and the same centres on a second run (sums added in task order)."""
     x, truth = _blobs()
-    c = dask_kmeans(da.from_array(x, chunks=(37, -1)), 4, seed=0)
-    assert c.algorithm == "dask" and c.fit["n_iter"] >= 1
+    c = dask_kmeans(lambda lo, hi: x[lo:hi], len(x), x.shape[1], 4, 37, seed=0)  # the lambda goes to the workers
+    assert c.algorithm == "dask" and 1 <= c.fit["n_iter"] < 30 and c.fit["tasks_per_pass"] == 4
     assert _same_partition(c.labels, truth)
+    for j in range(4):
+        np.testing.assert_allclose(c.centres[j], x[c.labels == j].mean(0), rtol=1e-5, atol=1e-5)
+    again = dask_kmeans(lambda lo, hi: x[lo:hi], len(x), x.shape[1], 4, 37, seed=0)
+    assert np.array_equal(again.centres, c.centres)
     assert np.array_equal(c.labels, assign_nearest(x, c.centres))
     assert np.array_equal(c.input_index, assign_nearest(c.centres, x))
 

@@ -10,6 +10,7 @@ minutes to write; a run that stops is resumed, and a larger array serves every s
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -80,11 +81,17 @@ def fitting_rows(share: float = MEMORY_SHARE, factor: float = MEMORY_FACTOR) -> 
     return int(share * psutil.virtual_memory().available / (factor * D * 4))
 
 
-def _dask_fit(path: Path, n: int, k: int, seed: int, workers: int) -> dict[str, Any]:
+def zarr_rows(path: str, lo: int, hi: int) -> np.ndarray:
+    """Rows ``[lo, hi)`` of the Zarr array at ``path``, flattened (read on a Dask worker)."""
+    import zarr
+
+    return np.asarray(zarr.open_array(path, mode="r")[lo:hi]).reshape(hi - lo, -1)
+
+
+def _dask_fit(path: Path, n: int, k: int, seed: int, workers: int, chunk: int) -> dict[str, Any]:
     """``dask_kmeans`` of rows ``0 .. n - 1`` on a fresh ``LocalCluster``; the cluster's start is not timed."""
     import logging
 
-    import dask.array as da
     from dask.distributed import Client, LocalCluster
 
     from repint.centres import dask_kmeans
@@ -92,10 +99,9 @@ def _dask_fit(path: Path, n: int, k: int, seed: int, workers: int) -> dict[str, 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)
-        x = da.from_zarr(str(path))[:n].reshape(n, D)
         with TreeSampler(os.getpid(), every=0.5) as tree:
             t = time.perf_counter()
-            c = dask_kmeans(x, k, seed=seed)
+            c = dask_kmeans(functools.partial(zarr_rows, str(path)), n, D, k, chunk, seed=seed)
             seconds = time.perf_counter() - t
     return {"n": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1), "fit": c.fit,
             "algorithm": c.algorithm, "zero_rows": c.zero_rows, "n_centres": len(c.centres),
@@ -132,7 +138,7 @@ def bench_kmeans(n: int, n_clusters: int = 100, seed: int = 0, workers: int = 2,
     load = [load_average()]
     memory = _memory_fit(path, n_mem, n_clusters, seed)
     load.append(load_average())
-    dask_run = _dask_fit(path, n, n_clusters, seed, workers)
+    dask_run = _dask_fit(path, n, n_clusters, seed, workers, chunk)
     load.append(load_average())
     ratio = dask_run["images_per_s"] / memory["images_per_s"]
     return result(f"k-means at N = {n:,}, ψ 512x7x7, {n_clusters} centres: dask_kmeans on a LocalCluster "
