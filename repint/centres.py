@@ -36,6 +36,9 @@ INIT_FACTOR = 3  #: minibatch: k-means++ initialises on ``INIT_FACTOR x k`` rows
 DASK_MAX_ITER = 30  #: dask: Lloyd iterations at most (each reads every chunk once)
 DASK_TOL = 1e-4  #: dask: stop when the centres moved less than this (sum of squares: dask-ml's rule)
 DASK_INIT_ROUNDS = 2  #: dask: k-means|| rounds of the initialisation (each reads every chunk)
+#: dask: k-means|| draws ``ℓ = DASK_OVERSAMPLING x k`` candidates a round in expectation (Bahmani et al. 2012's
+#: ℓ = 2k, Spark MLlib's). dask-ml's default ℓ is 2 whatever k: about 5 candidates, the rest random rows
+DASK_OVERSAMPLING = 2
 DASK_TASKS_PER_WORKER = 2  #: dask: tasks per worker in each Lloyd step, each over a run of chunks
 
 #: ``read(lo, hi)``: reference rows ``[lo, hi)`` flattened, float32 ``[hi - lo, D]``
@@ -169,7 +172,8 @@ def dask_kmeans(read: ChunkReader, n: int, d: int, n_clusters: int, chunk: int, 
                 max_iter: int = DASK_MAX_ITER, tol: float = DASK_TOL) -> Centres:
     """k-means on the active distributed client over the ``n`` rows of ``d`` values that ``read`` (picklable:
     it runs on the workers) returns chunk by chunk: dask-ml's k-means|| initialisation (``k_init``, over a
-    Dask array of the chunks, each pass reading every chunk once), then at most ``max_iter`` Lloyd steps
+    Dask array of the chunks, each pass reading every chunk once; ``ℓ = 2k`` candidates a round, then
+    k-means++ on them), then at most ``max_iter`` Lloyd steps
     (dask-ml's: stop when the centres move less than ``tol``, squared), each a few tasks per worker that read
     their run of chunks one at a time and return per-centre sums and counts, added on the client in task
     order (the same centres every run). dask-ml's own ``KMeans`` uses a chunk twice in one graph (the labels,
@@ -185,8 +189,8 @@ def dask_kmeans(read: ChunkReader, n: int, d: int, n_clusters: int, chunk: int, 
     spans = _chunks(n, chunk)
     x = da.concatenate([da.from_delayed(dask.delayed(read)(lo, hi), shape=(hi - lo, d), dtype=np.float32)
                         for lo, hi in spans])
-    centres = np.asarray(k_init(x, k, init="k-means||", random_state=seed, max_iter=DASK_INIT_ROUNDS),
-                         dtype=np.float32)
+    centres = np.asarray(k_init(x, k, init="k-means||", random_state=seed, max_iter=DASK_INIT_ROUNDS,
+                                oversampling_factor=DASK_OVERSAMPLING * k), dtype=np.float32)
     runs = np.array_split(np.arange(len(spans)), min(len(spans), DASK_TASKS_PER_WORKER * max(
         1, len(client.scheduler_info()["workers"]))))
     steps = 0

@@ -146,6 +146,17 @@ def test_dask_kmeans_on_a_cluster(dask_client):
     assert np.array_equal(c.input_index, assign_nearest(c.centres, x))
 
 
+def test_dask_kmeans_initialises_from_enough_candidates(dask_client, caplog):
+    """k-means|| draws about 2k candidates a round: with dask-ml's default (2 a round, whatever k) the
+    init found 2 to 6 candidates for 12 centres, filled the rest with random rows, and Lloyd from there
+    merged blobs (inertia 13-24x, seeds 0-3)."""
+    x, truth = _blobs(n_per=30, k=12, d=12)
+    with caplog.at_level(logging.WARNING, logger="dask_ml.cluster.k_means"):
+        c = dask_kmeans(lambda lo, hi: x[lo:hi], len(x), x.shape[1], 12, 50, seed=0)
+    assert not [r for r in caplog.records if "fewer than" in r.getMessage()]
+    assert _same_partition(c.labels, truth)
+
+
 @pytest.mark.slow
 def test_centres_stage_streams_the_store(prefect_harness, repint_cache, tmp_path):
     """compute_centres with interpretation.kmeans forced to minibatch reads the store chunk by chunk and
