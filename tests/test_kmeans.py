@@ -1,6 +1,7 @@
 """The centres V fitted three ways (repint.centres): exact in memory, mini-batch chunk by chunk, and
-dask-ml on a real Dask cluster; the pass that gives labels and inputs chunk by chunk equals the
-in-memory argmin; the stage picks the fit by size, records it and keeps exact stores' fingerprints."""
+on a real Dask cluster (dask-ml's k-means|| init, Lloyd steps chunk by chunk); the pass that gives
+labels and inputs chunk by chunk equals the in-memory argmin; the stage picks the fit by size, records
+it and keeps exact stores' fingerprints."""
 
 from __future__ import annotations
 
