@@ -50,6 +50,16 @@ def tiny_config(limit: int, per_class: int, q: int, runner: str = "threads", **i
     return cfg
 
 
+def with_model(spec):  # noqa: ANN001, ANN201
+    """The spec with the default model's checkpoint (trained once per session: repint_cache), in a flow
+    as in `pipeline`: the train task run outside one makes Prefect warn that it logs without a flow run."""
+    from prefect import flow
+
+    from repint.flows.run import with_default_model
+
+    return flow(name="default-model")(with_default_model)(spec)[0]
+
+
 def tiny_yaml(checkpoint, runner: str = "dask") -> str:  # noqa: ANN001
     """A small digits config file's text (300 images, 10 centres, RI + Grad-CAM) using ``checkpoint``,
     for runs driven through config files (the CLI, deployments, ``reinterpret``)."""

@@ -17,8 +17,7 @@ import yaml
 from _servers import dask_cluster
 from _servers import stop_process as _stop
 from _servers import wait_workers as _wait_workers
-from conftest import tiny_config
-from prefect import flow
+from conftest import tiny_config, with_model
 
 from repint.flows.cluster import INSTALL_HINT, STORE_HINT, ClusterError
 from repint.storage import FeatureStore
@@ -48,22 +47,13 @@ def cluster(prefect_harness, tmp_path_factory):
         yield c
 
 
-@flow(name="default-model")
-def _with_model(spec):
-    """The spec with the default model's checkpoint (trained once per session: repint_cache), in a
-    flow as in `pipeline`."""
-    from repint.flows.run import with_default_model
-
-    return with_default_model(spec)[0]
-
-
 def _spec(out: Path, address: str | None = None):
     from repint.flows.spec import build_spec
 
     cfg = tiny_config(160, 1, 20, runner="dask")
     cfg.runtime.chunk_size = 40
     cfg.runtime.dask_address = address
-    return _with_model(build_spec(cfg, out))
+    return with_model(build_spec(cfg, out))
 
 
 def _ingest_and_boundaries(spec):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from _servers import dask_cluster, wait_workers
-from conftest import tiny_config
+from conftest import tiny_config, with_model
 
 from repint.signs import sign_bits
 from repint.storage import FeatureStore, StoreError
@@ -255,13 +255,6 @@ def test_sigkill_during_sign_chunks_resumes_from_completed_chunks(run_env, basel
 
 
 # a Dask worker dies in the middle of a sign task ------------------------------------------------------
-def _with_model(spec):
-    from prefect import flow
-
-    from repint.flows.run import with_default_model
-
-    return flow(name="default-model")(with_default_model)(spec)[0]
-
 
 def test_a_dask_worker_killed_during_a_sign_task(prefect_harness, repint_cache, tmp_path):
     """Two workers; once the first sign chunk is done, the worker running another sign task is
@@ -275,7 +268,7 @@ def test_a_dask_worker_killed_during_a_sign_task(prefect_harness, repint_cache, 
     cfg.runtime.chunk_size = 4  # 40 sign tasks per split
     with dask_cluster(tmp_path, ("victim", "survivor")) as cluster:
         cfg.runtime.dask_address = cluster.address
-        spec = _with_model(build_spec(cfg, tmp_path / "out"))
+        spec = with_model(build_spec(cfg, tmp_path / "out"))
         ingest_flow(spec)
         centres_flow(spec)
         store = Path(spec.store)

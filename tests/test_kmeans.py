@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, with_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,14 +163,13 @@ def test_centres_stage_streams_the_store(prefect_harness, repint_cache, tmp_path
     """compute_centres with interpretation.kmeans forced to minibatch reads the store chunk by chunk and
     stores exactly what streaming_kmeans gives on the whole array; then dask on a local cluster; the fit
     is recorded; exact (auto on a small store) keeps the fingerprint and the in-memory result."""
-    from repint.flows.run import with_default_model
     from repint.flows.spec import build_spec
     from repint.flows.stages import centres_flow, ingest_flow
     from repint.storage import FeatureStore
 
     cfg = tiny_config(200, 2, 20)
     cfg.runtime.chunk_size = 48
-    spec, _ = with_default_model(build_spec(cfg, tmp_path))
+    spec = with_model(build_spec(cfg, tmp_path))
     ingest_flow(spec)
     store = FeatureStore(spec.store, mode="r")
     feats = store.read("reference/features")
