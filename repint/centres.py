@@ -37,7 +37,10 @@ DASK_MAX_ITER = 30  #: dask: Lloyd iterations at most (each reads every chunk on
 DASK_TOL = 1e-4  #: dask: stop when the centres moved less than this (sum of squares: dask-ml's rule)
 DASK_INIT_ROUNDS = 2  #: dask: k-means|| rounds of the initialisation (each reads every chunk)
 #: dask: k-means|| draws ``ℓ = DASK_OVERSAMPLING x k`` candidates a round in expectation (Bahmani et al. 2012's
-#: ℓ = 2k, Spark MLlib's). dask-ml's default ℓ is 2 whatever k: about 5 candidates, the rest random rows
+#: ℓ = 2k, Spark MLlib's). dask-ml's default ℓ is 2 whatever k: about 5 candidates, the rest random rows (as
+#: still where the rows' total squared distance to the first is under about 4.5: dask-ml then runs
+#: ``round(ln cost) < 2`` rounds, and warns). The ~4k candidates travel in each task of a round and are
+#: clustered on the client: at 10,000 centres of ψ 512x14x14, gigabytes a task (docs/scaling.md)
 DASK_OVERSAMPLING = 2
 DASK_TASKS_PER_WORKER = 2  #: dask: tasks per worker in each Lloyd step, each over a run of chunks
 
@@ -210,6 +213,7 @@ def dask_kmeans(read: ChunkReader, n: int, d: int, n_clusters: int, chunk: int, 
                                                     for lo, hi in spans]), k)
     return Centres(centres=centres, labels=labels, input_index=index, algorithm="dask", zero_rows=zero,
                    fit={"n_iter": steps, "inertia": inertia, "max_iter": max_iter, "init": "k-means||",
+                        "oversampling": DASK_OVERSAMPLING * k,
                         "passes": f"{DASK_INIT_ROUNDS} init rounds + {steps + 1}", "tasks_per_pass": len(runs)})
 
 
