@@ -24,9 +24,10 @@ from repint.app.bench.pipeline import SCALE_PSI, TreeSampler, psi_and_prediction
 D = int(np.prod(SCALE_PSI))
 FEATURES_VERSION = 1  # of the cached array's contents: a change of the generator gets a new file
 #: bytes :func:`repint.centres.kmeans_centres` holds per byte of float32 features: the features, the float64
-#: copy its nearest-centre pass makes, scikit-learn's own working set
-MEMORY_FACTOR = 3.5
-MEMORY_SHARE = 0.4  # of the memory available when the line starts, for the in-memory fit
+#: copy its nearest-centre pass makes, scikit-learn's own working set (measured: 14,235 MiB of process peak
+#: for 2.57 GiB of ψ, 5.4x, docs/benchmarks.md)
+MEMORY_FACTOR = 5.5
+MEMORY_SHARE = 0.65  # of the memory available when the line starts, for the in-memory fit
 
 
 def bench_data_dir() -> Path:
