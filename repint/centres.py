@@ -37,10 +37,10 @@ DASK_MAX_ITER = 30  #: dask: Lloyd iterations at most (each reads every chunk on
 DASK_TOL = 1e-4  #: dask: stop when the centres moved less than this (sum of squares: dask-ml's rule)
 DASK_INIT_ROUNDS = 2  #: dask: k-means|| rounds of the initialisation (each reads every chunk)
 #: dask: k-means|| draws ``ℓ = DASK_OVERSAMPLING x k`` candidates a round in expectation (Bahmani et al. 2012's
-#: ℓ = 2k, Spark MLlib's). dask-ml's default ℓ is 2 whatever k: about 5 candidates, the rest random rows (as
-#: still where the rows' total squared distance to the first is under about 4.5: dask-ml then runs
-#: ``round(ln cost) < 2`` rounds, and warns). The ~4k candidates travel in each task of a round and are
-#: clustered on the client: at 10,000 centres of ψ 512x14x14, gigabytes a task (docs/scaling.md)
+#: ℓ = 2k, Spark MLlib's); dask-ml's default ℓ = 2 whatever k left most centres random rows. dask-ml still
+#: fills with random rows (and warns) where fewer than k are drawn: a total cost under about 4.5 runs
+#: ``round(ln cost) < 2`` rounds. The second round's tasks each carry the first round's candidates, and
+#: the client reclusters all ~4k: at 10,000 centres of ψ 512x14x14, gigabytes a task (docs/scaling.md)
 DASK_OVERSAMPLING = 2
 DASK_TASKS_PER_WORKER = 2  #: dask: tasks per worker in each Lloyd step, each over a run of chunks
 
@@ -192,8 +192,9 @@ def dask_kmeans(read: ChunkReader, n: int, d: int, n_clusters: int, chunk: int, 
     spans = _chunks(n, chunk)
     x = da.concatenate([da.from_delayed(dask.delayed(read)(lo, hi), shape=(hi - lo, d), dtype=np.float32)
                         for lo, hi in spans])
+    ell = DASK_OVERSAMPLING * k
     centres = np.asarray(k_init(x, k, init="k-means||", random_state=seed, max_iter=DASK_INIT_ROUNDS,
-                                oversampling_factor=DASK_OVERSAMPLING * k), dtype=np.float32)
+                                oversampling_factor=ell), dtype=np.float32)
     runs = np.array_split(np.arange(len(spans)), min(len(spans), DASK_TASKS_PER_WORKER * max(
         1, len(client.scheduler_info()["workers"]))))
     steps = 0
@@ -213,7 +214,7 @@ def dask_kmeans(read: ChunkReader, n: int, d: int, n_clusters: int, chunk: int, 
                                                     for lo, hi in spans]), k)
     return Centres(centres=centres, labels=labels, input_index=index, algorithm="dask", zero_rows=zero,
                    fit={"n_iter": steps, "inertia": inertia, "max_iter": max_iter, "init": "k-means||",
-                        "oversampling": DASK_OVERSAMPLING * k,
+                        "oversampling": ell,
                         "passes": f"{DASK_INIT_ROUNDS} init rounds + {steps + 1}", "tasks_per_pass": len(runs)})
 
 
